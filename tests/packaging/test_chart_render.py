@@ -1,0 +1,217 @@
+"""The Helm chart, rendered with `helm template`: CRDs, RBAC, the operator Deployment, options."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "paddle-operator"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+WILDCARD = "*"
+
+# What the operator does with each resource (group, resource) -> verbs. Cluster-scoped needs are
+# separate: kopf lists CRDs and namespaces to discover what to watch.
+NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
+    ("serving.paddlesla.io", "paddlemodelservices"): {"get", "list", "watch", "patch", "update"},
+    ("serving.paddlesla.io", "paddlemodelservices/status"): {"get", "patch", "update"},
+    ("serving.paddlesla.io", "paddlemodelservices/scale"): {"get", "patch", "update"},
+    **{
+        key: {"get", "list", "watch", "create", "patch", "update", "delete"}
+        for key in [
+            ("apps", "deployments"),
+            ("", "services"),
+            ("", "configmaps"),
+            ("autoscaling", "horizontalpodautoscalers"),
+            ("policy", "poddisruptionbudgets"),
+            ("gateway.networking.k8s.io", "httproutes"),
+            ("networking.istio.io", "virtualservices"),
+            ("networking.istio.io", "destinationrules"),
+        ]
+    },
+    ("", "secrets"): {"get"},
+    ("", "persistentvolumeclaims"): {"get"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+}
+CLUSTER_NEEDS: dict[tuple[str, str], set[str]] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+
+
+def _by_kind(objs: list[dict], kind: str) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def _grants(role: dict) -> dict[tuple[str, str], set[str]]:
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role.get("rules", []):
+        for group in rule.get("apiGroups", []):
+            for resource in rule.get("resources", []):
+                grants.setdefault((group, resource), set()).update(rule.get("verbs", []))
+    return grants
+
+
+def _assert_covers(grants: dict, needs: dict, where: str) -> None:
+    missing = {k: sorted(v - grants.get(k, set())) for k, v in needs.items() if v - grants.get(k, set())}
+    assert not missing, f"{where} lacks {missing}"
+
+
+def _operator_roles(objs: list[dict]) -> list[dict]:
+    """Roles bound to the operator (the aggregated edit/view roles are for users)."""
+    return [
+        o
+        for o in objs
+        if o["kind"] in ("Role", "ClusterRole")
+        and not any(k.startswith("rbac.authorization.k8s.io/aggregate-to") for k in o["metadata"]["labels"])
+    ]
+
+
+def _container(objs: list[dict]) -> dict:
+    (deploy,) = _by_kind(objs, "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_chart_crds_are_identical_to_repo_crds():
+    repo = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert repo, "crds/ is empty"
+    assert chart == repo, "chart crds/ must hold exactly the files of crds/"
+    _, mismatch, errors = filecmp.cmpfiles(ROOT / "crds", CHART / "crds", repo, shallow=False)
+    assert not mismatch and not errors, (
+        f"chart CRDs differ from crds/: {mismatch + errors}; run `cp crds/*.yaml {CHART.relative_to(ROOT)}/crds/`"
+    )
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_rbac_has_no_wildcards(chart, values: Path):
+    roles = [o for o in chart.render("-f", str(values)) if o["kind"] in ("Role", "ClusterRole")]
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                assert WILDCARD not in rule.get(field, []), f"{role['metadata']['name']}: {field} {rule}"
+
+
+def test_cluster_wide_mode_grants_what_the_operator_needs(chart):
+    objs = chart.render()
+    roles = _operator_roles(objs)
+    assert [r["kind"] for r in roles] == ["ClusterRole"]
+    _assert_covers(_grants(roles[0]), NAMESPACED_NEEDS | CLUSTER_NEEDS, "ClusterRole")
+    (binding,) = _by_kind(objs, "ClusterRoleBinding")
+    (sa,) = _by_kind(objs, "ServiceAccount")
+    assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "paddle-system"}
+    ]
+    assert "--all-namespaces" in _container(objs)["args"]
+
+
+def test_namespaced_mode_grants_only_the_listed_namespaces(chart):
+    objs = chart.render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    roles = _operator_roles(objs)
+    (cluster_role,) = [r for r in roles if r["kind"] == "ClusterRole"]
+    # Cluster-wide: only the discovery reads, nothing that touches workloads or secrets.
+    assert set(_grants(cluster_role)) == set(CLUSTER_NEEDS)
+    _assert_covers(_grants(cluster_role), CLUSTER_NEEDS, "scanning ClusterRole")
+    namespaced = {r["metadata"]["namespace"]: r for r in roles if r["kind"] == "Role"}
+    assert set(namespaced) == {"ml-serving", "ml-staging"}
+    needs = {k: v for k, v in NAMESPACED_NEEDS.items() if k[0] != "networking.istio.io"}  # rbac.istio: false
+    for ns, role in namespaced.items():
+        _assert_covers(_grants(role), needs, f"Role in {ns}")
+        assert ("networking.istio.io", "virtualservices") not in _grants(role)
+    bindings = _by_kind(objs, "RoleBinding")
+    assert {b["metadata"]["namespace"] for b in bindings} == {"ml-serving", "ml-staging"}
+    args = _container(objs)["args"]
+    assert "--all-namespaces" not in args
+    assert {"--namespace=ml-serving", "--namespace=ml-staging"} <= set(args)
+
+
+def test_operator_deployment_is_single_restricted_and_read_only(chart):
+    objs = chart.render()
+    (deploy,) = _by_kind(objs, "Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = _container(objs)
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The probe must hit the endpoint kopf serves for --liveness.
+    liveness = container["livenessProbe"]["httpGet"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}[liveness["port"]]
+    assert f"--liveness=http://0.0.0.0:{port}{liveness['path']}" in container["args"]
+    assert "resources" not in container, "no default resources: users size them"
+
+
+def test_selectors_carry_no_chart_version(chart):
+    objs = chart.render("--set", "image.tag=9.9.9")
+    (deploy,) = _by_kind(objs, "Deployment")
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    assert "helm.sh/chart" not in selector and "app.kubernetes.io/version" not in selector
+    assert selector.items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    assert deploy["metadata"]["labels"]["app.kubernetes.io/version"] == "9.9.9"
+    assert _container(objs)["image"].endswith(":9.9.9")
+
+
+def test_long_release_names_are_truncated_to_63_characters(chart):
+    release = "a-very-long-release-name-that-goes-on-and-on-for-ever-and-ever"
+    objs = chart.render("-f", str(CHART / "ci" / "monitoring-values.yaml"), release=release)
+    for obj in objs:
+        if obj["kind"] != "CustomResourceDefinition":
+            name = obj["metadata"]["name"]
+            assert len(name) <= 63 and not name.endswith("-"), name
+
+
+def test_monitoring_objects_are_off_by_default(chart):
+    kinds = {o["kind"] for o in chart.render()}
+    assert "ServiceMonitor" not in kinds
+    assert "ConfigMap" not in kinds
+
+
+def test_adapter_rules_define_the_hpa_metrics(chart):
+    objs = chart.render("-f", str(CHART / "ci" / "monitoring-values.yaml"))
+    (cm,) = _by_kind(objs, "ConfigMap")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    rules = {r["name"]["as"]: r for r in yaml.safe_load(cm["data"]["config.yaml"])["rules"]}
+    qps = rules["paddle_runtime_requests_per_second"]
+    assert "paddle_runtime_requests_total" in qps["seriesQuery"]
+    assert "rate(<<.Series>>{<<.LabelMatchers>>}[2m])" in qps["metricsQuery"]
+    gpu = rules["paddle_runtime_gpu_utilization_percent"]
+    assert "paddle_runtime_gpu_utilization_percent" in gpu["seriesQuery"]
+    for rule in rules.values():
+        assert rule["resources"]["overrides"] == {
+            "namespace": {"resource": "namespace"},
+            "pod": {"resource": "pod"},
+        }
+    (monitor,) = _by_kind(objs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"] == "paddle-sla-operator"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ("watchNamespaces[0]=Not_A_Namespace", "watchNamespaces"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("serviceMonitor.interval=often", "interval"),
+        ("replicaCount=2", "replicaCount"),
+    ],
+)
+def test_schema_rejects_bad_values(chart, setting: str, field: str):
+    out = chart.run("template", "x", str(CHART), "--set", setting)
+    assert out.returncode != 0
+    assert field in out.stderr
