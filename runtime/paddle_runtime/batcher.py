@@ -1,0 +1,358 @@
+"""Dynamic batching in front of an engine, and the ``ModelHandle`` interface the server calls.
+
+The HTTP layer only ever talks to a :class:`ModelHandle`: metadata (``name``, ``version``,
+``inputs``, ``outputs``, ``max_batch_size``), ``ready``, ``live()``, ``await infer(inputs)`` and
+``await drain(timeout)``.  :class:`Batcher` is the standard implementation; the resilience layer
+can wrap one (fallback routing) or swap its engine (hot reload) without the server noticing.
+
+Batching policy
+    A dispatcher coroutine waits for a free worker slot (one per pooled predictor), then takes the
+    oldest queued request and every queued request with the same *batch key* (same input names,
+    dtypes and non-batch dimensions: only those can be concatenated) up to ``max_batch_size`` rows.
+    It waits up to ``batch_timeout_ms`` for more rows only while other batches are running, i.e.
+    when the workers are busy anyway; an idle runtime dispatches at once, so a lone caller pays
+    no batching delay.  Under load, requests pile up while the predictor runs, so batches fill
+    without waiting.  Requests that cannot be stacked with the head (other shapes) stay queued, in
+    order, for a later batch; a request with ``max_batch_size`` rows or more runs alone.
+    The batch is concatenated and run in a worker thread; outputs are split back by row offsets, so
+    every caller gets exactly its own rows.
+
+Engine swaps (hot reload)
+    ``swap_engine(new)`` replaces the engine atomically for the *next* batch.  The engine is read
+    once when a batch is formed, so a batch never mixes versions; batches already running finish
+    on the old engine.  The caller then unloads the old engine (``old.unload()`` waits for its
+    in-flight runs).  Requests keep the version that actually served them in ``InferResult``.
+
+Backpressure
+    At most ``max_queue_size`` requests wait; more raise :class:`~.errors.QueueFull` (HTTP 503 with
+    ``Retry-After``).  ``live()`` turns False when requests wait and no batch has completed for
+    ``wedge_timeout_s`` (a hung predictor), which fails the liveness probe so the pod restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+from . import metrics
+from .errors import EngineError, InvalidInput, QueueFull, RuntimeError_, Unavailable
+from .model_dir import TensorSpec
+from .settings import RuntimeSettings
+
+log = logging.getLogger("paddle_runtime.batcher")
+
+
+class InferResult(NamedTuple):
+    """What ``ModelHandle.infer`` returns: outputs plus which model version/role produced them."""
+
+    outputs: dict[str, np.ndarray]
+    model_version: str
+    role: str
+
+
+@runtime_checkable
+class ModelHandle(Protocol):
+    """The only model interface the HTTP layer uses."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]: ...
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def platform(self) -> str: ...
+
+    def live(self) -> tuple[bool, str]:
+        """(alive, reason): False when the engine is wedged."""
+        ...
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
+        """Validate and run one request; raises typed errors (errors.py)."""
+        ...
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new work, finish queued and running requests; False if ``timeout`` hit first."""
+        ...
+
+
+def validate_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, np.ndarray],
+                    max_rows: int | None = None) -> int:
+    """Check names, dtypes and shapes against the model; return the batch rows (0 if unbatched).
+
+    Raises :class:`InvalidInput` naming the offending input.
+    """
+    known = {s.name: s for s in specs}
+    for n in inputs:
+        if n not in known:
+            raise InvalidInput(f"unknown input '{n}'; the model's inputs are {sorted(known)}")
+    missing = [n for n in known if n not in inputs]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing}")
+    rows: int | None = None
+    for s in specs:
+        a = inputs[s.name]
+        if a.dtype != s.dtype:
+            raise InvalidInput(f"input '{s.name}' has dtype {a.dtype.name}, the model expects {s.datatype}")
+        if a.size == 0:
+            raise InvalidInput(f"input '{s.name}' is empty (shape {list(a.shape)})")
+        if s.shape:
+            if a.ndim != len(s.shape):
+                raise InvalidInput(f"input '{s.name}' has shape {list(a.shape)}; the model expects rank "
+                                   f"{len(s.shape)} {list(s.shape)}")
+            for i, (got, want) in enumerate(zip(a.shape, s.shape, strict=True)):
+                if want >= 0 and got != want:
+                    raise InvalidInput(f"input '{s.name}' has shape {list(a.shape)}; dimension {i} must be {want} "
+                                       f"(model shape {list(s.shape)})")
+        if a.ndim:
+            if rows is None:
+                rows = a.shape[0]
+            elif a.shape[0] != rows:
+                raise InvalidInput(f"inputs disagree on the batch dimension ({rows} vs {a.shape[0]} for '{s.name}')")
+    if max_rows is not None and rows is not None and rows > max_rows:
+        raise InvalidInput(f"batch of {rows} rows is over the model's max_batch_size {max_rows}")
+    return rows or 0
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    key: tuple
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Dynamic batcher over a :class:`~.engine.PaddleEngine`-like engine; implements ``ModelHandle``.
+
+    The engine needs ``predict(dict) -> dict``, ``inputs``, ``outputs``, ``name``, ``version``,
+    ``role``, ``ready``, ``batchable``, ``max_batch_size``, ``workers`` and ``files.max_batch_size``.
+    Create it inside the running event loop, or call :meth:`start` from it.
+    """
+
+    platform = "paddle_inference"
+
+    def __init__(self, engine: Any, settings: RuntimeSettings) -> None:
+        self._engine = engine
+        self.settings = settings
+        self._queue: deque[_Request] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._executor = ThreadPoolExecutor(max_workers=max(1, engine.workers), thread_name_prefix="predict")
+        self._slots: asyncio.Semaphore | None = None
+        self._running = 0
+        self._closed = False
+        self._task: asyncio.Task | None = None
+        self._last_progress = time.monotonic()
+        self._depth = metrics.QUEUE_DEPTH.labels(engine.name)
+        self._batch_hist = metrics.BATCH_SIZE.labels(engine.name)
+
+    # ---- ModelHandle metadata (always the current engine) ----------------------------------------
+    @property
+    def engine(self) -> Any:
+        return self._engine
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @property
+    def version(self) -> str:
+        return self._engine.version
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._engine.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._engine.outputs
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._engine.max_batch_size if self._engine.batchable else 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._engine.ready) and not self._closed and self._task is not None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the dispatcher in the running loop."""
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max(1, self._engine.workers))
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="batcher")
+
+    def swap_engine(self, new: Any) -> Any:
+        """Serve the next batches from ``new``; returns the old engine (still running its batches).
+
+        ``new`` must have the same ``name`` and at most as many ``workers`` as the old engine.
+        """
+        if new.name != self._engine.name:
+            raise ValueError(f"cannot swap model {self._engine.name} for {new.name}")
+        old, self._engine = self._engine, new
+        return old
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests; wait for queued and running ones; stop the dispatcher."""
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        while (self._queue or self._running) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        done = not self._queue and not self._running
+        for r in list(self._queue):
+            if not r.future.done():
+                r.future.set_exception(Unavailable("the runtime is shutting down"))
+        self._queue.clear()
+        self._depth.set(0)
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False)
+        return done
+
+    def live(self) -> tuple[bool, str]:
+        if (self._queue or self._running) and time.monotonic() - self._last_progress > self.settings.wedge_timeout_s:
+            return False, (f"no batch completed for {time.monotonic() - self._last_progress:.0f}s while "
+                           f"{len(self._queue)} request(s) wait and {self._running} batch(es) run")
+        if self._task is not None and self._task.done():
+            return False, "the batch dispatcher stopped"
+        return True, "ok"
+
+    # ---- requests -------------------------------------------------------------------------------------
+    async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
+        if self._closed:
+            raise Unavailable("the runtime is shutting down")
+        if not self._engine.ready or self._task is None:
+            raise Unavailable(f"model {self.name} is not ready")
+        eng = self._engine
+        declared = eng.files.max_batch_size or None
+        rows = validate_inputs(eng.inputs, inputs, declared)
+        if len(self._queue) >= self.settings.max_queue_size:
+            raise QueueFull(f"request queue is full ({self.settings.max_queue_size} waiting)",
+                            retry_after_s=1.0)
+        if eng.batchable and rows:
+            key: tuple = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
+        else:
+            key = ("alone", id(inputs))  # unique: never stacked
+        fut = asyncio.get_running_loop().create_future()
+        if not self._queue and not self._running:
+            self._last_progress = time.monotonic()  # idle until now: waiting starts here
+        self._queue.append(_Request(inputs, rows, key, fut))
+        self._depth.set(len(self._queue))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(fut, self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"inference did not finish within {self.settings.request_timeout_s:.0f}s") from None
+
+    def _take(self, key: tuple, room: int, first: bool) -> list[_Request]:
+        """Pop queued requests with batch ``key`` fitting in ``room`` rows, keeping queue order.
+
+        With ``first`` the first matching request is taken even when it alone exceeds ``room``
+        (a big request runs alone rather than never).
+        """
+        batch: list[_Request] = []
+        rows, keep = 0, deque()
+        while self._queue and rows < room:
+            r = self._queue.popleft()
+            if r.future.done():  # cancelled / timed out while queued
+                continue
+            if r.key == key and ((first and not batch) or rows + r.rows <= room):
+                batch.append(r)
+                rows += r.rows
+            else:
+                keep.append(r)
+        keep.extend(self._queue)
+        self._queue = keep
+        self._depth.set(len(self._queue))
+        return batch
+
+    async def _dispatch_loop(self) -> None:
+        assert self._wakeup is not None and self._slots is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            while not any(not r.future.done() for r in self._queue):
+                self._queue.clear()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            eng = self._engine  # read once: the whole batch runs on this engine (one version)
+            head = next(r for r in self._queue if not r.future.done())
+            limit = max(1, eng.max_batch_size) if eng.batchable else 1
+            batch = self._take(head.key, limit, first=True)
+            rows = sum(r.rows for r in batch)
+            timeout = self.settings.batch_timeout_ms / 1000.0
+            if eng.batchable and rows < limit and timeout > 0 and self._running > 0:
+                # Other workers are busy: a short wait for company costs nothing in throughput.
+                deadline = head.enqueued + timeout
+                while rows < limit and (left := deadline - time.monotonic()) > 0:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+                    except asyncio.TimeoutError:
+                        break
+                    more = self._take(head.key, limit - rows, first=False)
+                    batch.extend(more)
+                    rows += sum(r.rows for r in more)
+            if not batch:
+                self._slots.release()
+                continue
+            self._running += 1
+            fut = loop.run_in_executor(self._executor, _run_batch, eng, [r.inputs for r in batch])
+            fut.add_done_callback(lambda f, b=batch, e=eng: self._finish(f, b, e))
+
+    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Any) -> None:
+        self._running -= 1
+        self._last_progress = time.monotonic()
+        assert self._slots is not None
+        self._slots.release()
+        exc = f.exception()
+        if exc is None:
+            self._batch_hist.observe(sum(r.rows for r in batch))
+            for r, outs in zip(batch, f.result(), strict=True):
+                if not r.future.done():
+                    r.future.set_result(InferResult(outs, eng.version, eng.role))
+        else:
+            if not isinstance(exc, RuntimeError_):
+                log.exception("batch failed", exc_info=exc)
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+
+
+def _run_batch(engine: Any, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Worker thread: stack, predict, split rows back per request."""
+    if len(requests) == 1:
+        return [engine.predict(requests[0])]
+    names = list(requests[0])
+    stacked = {n: np.concatenate([r[n] for r in requests], axis=0) for n in names}
+    out = engine.predict(stacked)
+    sizes = [requests[i][names[0]].shape[0] for i in range(len(requests))]
+    offsets = np.cumsum([0, *sizes])
+    total = int(offsets[-1])
+    for n, a in out.items():
+        if a.ndim == 0 or a.shape[0] != total:
+            # Checked at warm-up, so this means the model changed its mind for these shapes.
+            raise EngineError(f"output '{n}' has {a.shape[0] if a.ndim else 0} rows for a batch of {total}")
+    return [{n: a[offsets[i]:offsets[i + 1]] for n, a in out.items()} for i in range(len(requests))]

@@ -1,0 +1,307 @@
+"""Paddle Inference engine: Config builder and a pool of cloned predictors.
+
+Interface used by the batcher and by the resilience layer (reload/fallback)::
+
+    eng = PaddleEngine(settings, model_dir="...", role="main")
+    eng.load()              # create predictor + clones, warm up; sets eng.ready; raises ModelLoadError
+    eng.predict({"x": arr}) # -> {output_name: ndarray}; thread-safe, blocks for a free predictor
+    eng.unload()            # waits for in-flight predicts (bounded), drops the predictors
+    eng.name, eng.version, eng.role, eng.device, eng.inputs, eng.outputs  (TensorSpec tuples)
+    eng.batchable, eng.max_batch_size, eng.workers, eng.load_seconds, eng.warmup_seconds
+
+Paddle predictors are not thread-safe, so the pool holds one predictor per worker (the first one
+created, the rest ``clone()``\\ d so they share weights) and every ``predict`` checks one out for its
+whole run.  Inputs go through the zero-copy handle API (``get_input_handle().copy_from_cpu``,
+``run()``, ``get_output_handle().copy_to_cpu``) rather than the feed/fetch op path.
+
+This module knows nothing about HTTP; it is also what ``benchmarks/serving.py`` uses for the raw
+in-process ceiling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EngineError, ModelLoadError
+from .model_dir import ModelFiles, TensorSpec, load_model_files, read_program_io, to_oip_datatype
+from .settings import RuntimeSettings
+
+log = logging.getLogger("paddle_runtime.engine")
+
+
+def _inference():  # imported lazily: `paddle-runtime --help` should not pay paddle's import time
+    import paddle.inference as pi
+
+    return pi
+
+
+def build_config(files: ModelFiles, s: RuntimeSettings, *, memory_optim: bool | None = None) -> Any:
+    """A ``paddle.inference.Config`` for ``files`` from typed settings.
+
+    ``memory_optim=None`` means "as the settings say, where the format allows it": with
+    paddlepaddle 3.3 ``enable_memory_optim()`` on a PIR ``.json`` program makes ``create_predictor``
+    fail ("Not find predictor_id 0 and pass_name memory_optimize_pass"), so PIR skips it.
+    """
+    pi = _inference()
+    cfg = pi.Config(str(files.model_file), str(files.params_file))
+    cfg.disable_glog_info()
+    cfg.switch_ir_optim(s.ir_optim)
+    if memory_optim is None:
+        memory_optim = s.memory_optim and files.format != "pir"
+    if memory_optim:
+        cfg.enable_memory_optim()
+
+    if s.device == "gpu":
+        prec = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half, "int8": pi.PrecisionType.Int8}[
+            s.precision
+        ]
+        cfg.enable_use_gpu(s.gpu_mem_mb, s.device_id)
+        if s.tensorrt:
+            cache = s.trt_cache_dir or str(files.path / "_opt_cache")
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            cfg.set_optim_cache_dir(cache)
+            cfg.enable_tensorrt_engine(
+                workspace_size=1 << 30,
+                max_batch_size=max(1, s.max_batch_size),
+                min_subgraph_size=s.trt_min_subgraph_size,
+                precision_mode=prec,
+                use_static=True,  # serialize engines into the cache dir: restarts skip the build
+                use_calib_mode=s.precision == "int8",
+            )
+            dyn = _trt_dynamic_shapes(files, s)
+            if dyn:
+                cfg.set_trt_dynamic_shape_info(*dyn)
+        elif s.precision == "fp16":
+            # Without TensorRT, fp16 means Paddle's own mixed-precision GPU kernels.
+            cfg.exp_enable_mixed_precision_ops({})  # type: ignore[arg-type]
+    elif s.device in ("npu", "xpu"):
+        cfg.enable_custom_device(s.device, s.device_id)
+    else:
+        cfg.disable_gpu()
+        cfg.set_cpu_math_library_num_threads(s.cpu_threads)
+        if s.mkldnn:
+            cfg.enable_mkldnn()
+        else:
+            cfg.disable_mkldnn()
+    return cfg
+
+
+def _trt_dynamic_shapes(files: ModelFiles, s: RuntimeSettings) -> tuple[dict, dict, dict] | None:
+    """[min, max, opt] per input, from settings or derived from model.yaml shapes."""
+    if s.trt_dynamic_shapes:
+        mins = {k: v[0] for k, v in s.trt_dynamic_shapes.items()}
+        maxs = {k: v[1] for k, v in s.trt_dynamic_shapes.items()}
+        opts = {k: v[2] for k, v in s.trt_dynamic_shapes.items()}
+        return mins, maxs, opts
+    specs = files.inputs
+    if not specs or any(d < 0 for sp in specs for d in sp.shape[1:]):
+        return None  # only the batch dim is dynamic (or unknown): let TensorRT use implicit ranges
+    mins = {sp.name: [1, *sp.shape[1:]] for sp in specs}
+    maxs = {sp.name: [s.max_batch_size, *sp.shape[1:]] for sp in specs}
+    return mins, maxs, dict(maxs)
+
+
+class PaddleEngine:
+    """One loaded model: a predictor pool plus the metadata the HTTP layer needs."""
+
+    def __init__(self, settings: RuntimeSettings, model_dir: str | os.PathLike | None = None, role: str = "main") -> None:
+        self.settings = settings
+        self.model_dir = str(model_dir if model_dir is not None else settings.model_dir)
+        self.role = role
+        self.files: ModelFiles = load_model_files(self.model_dir, settings.model_name if role == "main" else "")
+        self.name = self.files.name
+        self.version = self.files.version
+        self.device = settings.device if settings.device == "cpu" else f"{settings.device}:{settings.device_id}"
+        self.workers = settings.workers
+        self.inputs: tuple[TensorSpec, ...] = ()
+        self.outputs: tuple[TensorSpec, ...] = ()
+        self.batchable = True
+        self.max_batch_size = settings.max_batch_size
+        self.ready = False
+        self.load_seconds = 0.0
+        self.warmup_seconds = 0.0
+        self.memory_optim = False
+        self._pool: queue.Queue[Any] = queue.Queue()
+        self._predictors: list[Any] = []
+        self._input_names: list[str] = []
+        self._output_names: list[str] = []
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Create the predictors, read I/O metadata, warm up; ``ready`` is True only afterwards."""
+        t0 = time.perf_counter()
+        first = self._create_predictor()
+        preds = [first] + [first.clone() for _ in range(self.workers - 1)]
+        self._input_names = list(first.get_input_names())
+        self._output_names = list(first.get_output_names())
+        self._resolve_specs(first)
+        self._predictors = preds
+        for p in preds:
+            self._pool.put(p)
+        self.load_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self._warm_up()
+        self.warmup_seconds = time.perf_counter() - t1
+        self.ready = True
+        log.info(
+            "model %s version %s (%s, %s) loaded in %.2fs, warmed up in %.2fs; %d worker(s), batching %s (max %d)",
+            self.name, self.version, self.files.format, self.device, self.load_seconds, self.warmup_seconds,
+            self.workers, "on" if self.batchable else "off", self.max_batch_size,
+        )
+
+    def unload(self, timeout: float = 30.0) -> None:
+        """Stop taking work, wait (bounded) for running predicts, then release the predictors."""
+        self.ready = False
+        self.wait_idle(timeout)
+        self._predictors.clear()
+        while not self._pool.empty():
+            self._pool.get_nowait()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no ``predict`` is running; False when ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def _create_predictor(self) -> Any:
+        pi = _inference()
+        cfg = build_config(self.files, self.settings)
+        self.memory_optim = self.settings.memory_optim and self.files.format != "pir"
+        try:
+            return pi.create_predictor(cfg)
+        except Exception as e:
+            if not self.memory_optim:
+                raise ModelLoadError(f"cannot create a Paddle predictor for {self.files.path}: {e}") from e
+            # Some program/pass combinations reject the memory optimisation pass; it only saves
+            # memory, so serving without it beats not serving.
+            log.warning("create_predictor failed with memory_optim (%s); retrying without it", str(e).splitlines()[0])
+            self.memory_optim = False
+            try:
+                return pi.create_predictor(build_config(self.files, self.settings, memory_optim=False))
+            except Exception as e2:
+                raise ModelLoadError(f"cannot create a Paddle predictor for {self.files.path}: {e2}") from e2
+
+    def _resolve_specs(self, pred: Any) -> None:
+        prog_in, prog_out = read_program_io(self.files)
+        by_name = {s.name: s for s in prog_in}
+        declared = {s.name: s for s in self.files.inputs}
+        unknown = set(declared) - set(self._input_names)
+        if unknown:
+            raise ModelLoadError(f"model.yaml names inputs the model does not have: {sorted(unknown)}")
+        inputs = []
+        for n in self._input_names:
+            if n in declared:
+                inputs.append(declared[n])
+                continue
+            spec = by_name.get(n)
+            dt = to_oip_datatype(pred.get_input_handle(n).type().name.lower().replace("float", "float"))
+            inputs.append(TensorSpec(n, dt, spec.shape if spec else ()))
+        self.inputs = tuple(inputs)
+        out_by_name = {s.name: s for s in (*prog_out, *self.files.outputs)}
+        self.outputs = tuple(out_by_name.get(n, TensorSpec(n, "FP32", ())) for n in self._output_names)
+        mbs = self.files.max_batch_size
+        if mbs == 0 or any(not s.shape or s.shape[0] != -1 for s in self.inputs):
+            self.batchable = False
+        if mbs:
+            self.max_batch_size = min(self.max_batch_size, mbs)
+
+    def _warm_up(self) -> None:
+        runs = max(1, self.settings.warmup_runs)
+        pred = self._pool.get()
+        try:
+            batch1 = self._example(1)
+            for _ in range(runs):
+                out = self._run(pred, batch1)
+            # Fill in output specs the program did not declare, from what the model produced.
+            self.outputs = tuple(
+                s if s.shape else TensorSpec(s.name, _oip_of(out[s.name]), (-1, *out[s.name].shape[1:]))
+                for s in self.outputs
+            )
+            if self.batchable and self.max_batch_size > 1:
+                # Batching is only safe when every output's first dim follows the input rows.
+                out2 = self._run(pred, self._example(2))
+                if any(a.ndim == 0 or a.shape[0] != 2 for a in out2.values()):
+                    log.warning("model %s: outputs do not follow the batch dimension; batching disabled", self.name)
+                    self.batchable = False
+                else:
+                    self._run(pred, self._example(self.max_batch_size))
+        except Exception as e:
+            raise ModelLoadError(f"warm-up inference failed for {self.files.path}: {e}") from e
+        finally:
+            self._pool.put(pred)
+        # Clones have their own scratch memory; give each one run so the first real request is not slow.
+        others = [self._pool.get() for _ in range(self.workers - 1)]
+        try:
+            for p in others:
+                self._run(p, self._example(1))
+        finally:
+            for p in others:
+                self._pool.put(p)
+
+    def _example(self, batch: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(0)
+        out = {}
+        for s in self.inputs:
+            shape = s.example_shape(batch)
+            if s.dtype.kind == "f":
+                out[s.name] = rng.random(shape, dtype=np.float32).astype(s.dtype)
+            else:
+                out[s.name] = np.zeros(shape, dtype=s.dtype)
+        return out
+
+    # ---- inference -------------------------------------------------------------------------------
+
+    def _run(self, pred: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for n in self._input_names:
+            pred.get_input_handle(n).copy_from_cpu(np.ascontiguousarray(inputs[n]))
+        pred.run()
+        return {n: pred.get_output_handle(n).copy_to_cpu() for n in self._output_names}
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one (possibly batched) inference; blocks until a pooled predictor is free.
+
+        Inputs are validated by the caller (server/batcher); a Paddle failure here is an engine
+        fault and raises :class:`EngineError` (HTTP 500).
+        """
+        if not self._predictors:
+            raise EngineError(f"model {self.name} version {self.version} is not loaded")
+        with self._idle:
+            self._inflight += 1
+        pred = self._pool.get()
+        try:
+            return self._run(pred, inputs)
+        except Exception as e:
+            raise EngineError(f"inference failed in model {self.name}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
+        finally:
+            self._pool.put(pred)
+            with self._idle:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.notify_all()
+
+
+def _oip_of(a: np.ndarray) -> str:
+    from .model_dir import NUMPY_TO_OIP
+
+    return NUMPY_TO_OIP.get(a.dtype, "FP32")

@@ -1,0 +1,106 @@
+"""Prometheus metrics (names fixed in docs/contracts.md) and the optional NVML GPU sampler.
+
+All collectors live in the default ``prometheus_client`` registry and are created once at import,
+so every part of the process (server, batcher, reload, fallback) imports and updates the same
+objects.  Label sets:
+
+* ``requests_total{model,version,role,code}``, ``request_duration_seconds{model,version,role}``
+  (the server records one per request; ``role`` is ``main`` or ``fallback``),
+* ``batch_size{model}``, ``queue_depth{model}`` (batcher), ``inflight_requests{model}`` (server),
+* ``model_info{model,version,device,role}`` = 1 for each loaded engine,
+* resilience: ``active_role{role}``, ``fallback_switches_total{to}``, ``reloads_total{result}``,
+* GPU (only when NVML finds a device): ``gpu_utilization_percent{gpu}``, ``gpu_memory_used_bytes{gpu}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("paddle_runtime.metrics")
+
+# Latency buckets from 1 ms (a batch-1 CPU MobileNet) to 10 s (a cold TensorRT build on first use).
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
+                    0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter("paddle_runtime_requests", "Inference requests by outcome",
+                   ["model", "version", "role", "code"])
+REQUEST_DURATION = Histogram("paddle_runtime_request_duration_seconds", "Inference request latency",
+                             ["model", "version", "role"], buckets=_LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("paddle_runtime_batch_size", "Rows per executed batch", ["model"],
+                       buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
+QUEUE_DEPTH = Gauge("paddle_runtime_queue_depth", "Requests waiting for a batch", ["model"])
+INFLIGHT = Gauge("paddle_runtime_inflight_requests", "Inference requests being handled", ["model"])
+MODEL_INFO = Gauge("paddle_runtime_model_info", "Loaded model (value 1)", ["model", "version", "device", "role"])
+GPU_UTILIZATION = Gauge("paddle_runtime_gpu_utilization_percent", "GPU utilisation (NVML)", ["gpu"])
+GPU_MEMORY_USED = Gauge("paddle_runtime_gpu_memory_used_bytes", "GPU memory used (NVML)", ["gpu"])
+# Resilience (reload.py / fallback.py update these).
+ACTIVE_ROLE = Gauge("paddle_runtime_active_role", "1 for the role currently serving", ["role"])
+FALLBACK_SWITCHES = Counter("paddle_runtime_fallback_switches", "Switches between main and fallback", ["to"])
+RELOADS = Counter("paddle_runtime_reloads", "Hot reload attempts by result", ["result"])
+
+
+def render() -> tuple[bytes, str]:
+    """The /metrics body and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def set_model_info(model: str, version: str, device: str, role: str, loaded: bool = True) -> None:
+    """Mark an engine loaded (1) or remove its series when it is unloaded."""
+    if loaded:
+        MODEL_INFO.labels(model, version, device, role).set(1)
+    else:
+        try:
+            MODEL_INFO.remove(model, version, device, role)
+        except KeyError:
+            pass
+
+
+class GpuSampler:
+    """Samples NVML utilisation and memory every ``interval`` seconds in a daemon thread.
+
+    Does nothing (and logs once) when nvidia-ml-py is missing or no GPU is visible, so CPU pods
+    run the same code.
+    """
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handles: list = []
+
+    def start(self) -> bool:
+        """Start sampling; False when there is no GPU to sample."""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception as e:  # no driver / no library: a CPU node
+            log.info("NVML not available (%s); GPU metrics off", type(e).__name__)
+            return False
+        if not self._handles:
+            return False
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
+        self._thread.start()
+        return True
+
+    def sample(self) -> None:
+        import pynvml
+
+        for i, h in enumerate(self._handles):
+            try:
+                GPU_UTILIZATION.labels(str(i)).set(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+                GPU_MEMORY_USED.labels(str(i)).set(pynvml.nvmlDeviceGetMemoryInfo(h).used)
+            except Exception as e:  # a GPU falling off the bus should not kill the sampler
+                log.warning("NVML sample of gpu %d failed: %s", i, e)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
