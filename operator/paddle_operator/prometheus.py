@@ -9,6 +9,7 @@ network trouble: the rollout state machine turns "unreachable" into "hold the we
 from __future__ import annotations
 
 import math
+import re
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -18,6 +19,17 @@ from paddle_operator import promql
 from paddle_operator.rollout import Figures, SLAFigures, Unreachable
 
 DEFAULT_TIMEOUT_S = 5.0
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line reason for status messages: no query text, no urllib3 retry boilerplate."""
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    text = re.sub(r"with url: \S+", "", text)
+    return f"{type(exc).__name__}: {text}"[:200]
 
 
 class _QueryFailed(Exception):
@@ -49,7 +61,7 @@ class PrometheusQuerier:
         try:
             result = self._conn.custom_query(query)
         except (requests.RequestException, PrometheusApiClientException, ValueError, KeyError) as exc:
-            raise _QueryFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise _QueryFailed(_short(exc)) from exc
         if not isinstance(result, list):
             raise _QueryFailed(f"unexpected result type {type(result).__name__}")
         if not result:

@@ -1,0 +1,345 @@
+"""Fixtures for the canary e2e tests: a real Prometheus scraping real runtime processes.
+
+The pods the operator creates run on kwok nodes, which are not real: nothing listens behind them.
+So the test wires the metric path itself. It starts real ``paddle-runtime serve`` processes on
+127.0.0.1 (one per track, serving real exported ``paddle.vision.models`` networks) and a real
+Prometheus (Debian's ``prometheus`` package) whose scrape config attaches the labels the operator
+queries (``namespace``, ``service``, ``track``), exactly what the ``kubernetes_sd_configs``
+relabelling in docs/canary.md produces for real pods. A load thread sends real inference requests to
+both processes. Traffic does not follow the weight (no real router in front of kwok pods); the
+analysis only needs each track's own latency and error figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2e.cluster import cache_dir
+from e2e.util import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+MODEL_NAME = "classifier"
+IMAGE_SIZE = 224
+# Fast stable model and a ~10x slower one (measured here: MobileNetV3-small ~6 ms, ResNet50 ~60 ms
+# per image on one CPU thread), so an SLA between them passes one and fails the other.
+FAST_ARCH = "mobilenet_v3_small"
+SLOW_ARCH = "resnet50"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM if pytest dies, even by SIGKILL; nothing is left behind."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _http_ok(url: str, timeout: float = 2) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def _model_dir(arch: str) -> Path:
+    """Export ``arch`` once into the shared cache (random weights: latency does not depend on them)."""
+    dest = cache_dir() / "models" / "canary-e2e" / arch
+    if not (dest / "model.yaml").exists():
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from paddle_runtime.export import export_model; "
+                "export_model(sys.argv[1], sys.argv[2], image_size=int(sys.argv[3]))",
+                arch,
+                str(dest),
+                str(IMAGE_SIZE),
+            ],
+            check=True,
+            timeout=600,
+        )
+    return dest
+
+
+# ---------------------------------------------------------------------------------- runtimes
+
+
+@dataclass
+class Runtime:
+    """One ``paddle-runtime serve`` process."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+
+def _start_runtime(name: str, model_dir: Path, workdir: Path) -> Runtime:
+    port = free_port()
+    log = workdir / f"runtime-{name}.log"
+    env = dict(
+        os.environ,
+        PADDLE_RUNTIME_MODEL_NAME=MODEL_NAME,
+        PADDLE_RUNTIME_HOST="127.0.0.1",
+        # One thread, one worker: the machine is shared, and the latency gap is what matters.
+        PADDLE_RUNTIME_CPU_THREADS="1",
+        PADDLE_RUNTIME_WORKERS="1",
+        PADDLE_RUNTIME_MAX_BATCH_SIZE="1",
+    )
+    cmd = [str(VENV_BIN / "paddle-runtime"), "serve", "--model-dir", str(model_dir), "--port", str(port)]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=workdir, preexec_fn=_die_with_parent
+        )
+    rt = Runtime(name, port, proc, log)
+    try:
+        wait_for(
+            lambda: proc.poll() is None and _http_ok(f"{rt.url}/v2/health/ready") or proc.poll() is not None,
+            180,
+            f"runtime {name} ready on {rt.address}",
+            dump=lambda: _tail(log),
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"runtime {name} exited with {proc.returncode}:\n{_tail(log)}")
+    except BaseException:
+        _stop(proc)
+        raise
+    return rt
+
+
+@dataclass
+class Runtimes:
+    stable: Runtime
+    healthy_canary: Runtime
+    slow_canary: Runtime
+
+
+@pytest.fixture(scope="session")
+def runtimes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtimes]:
+    """Three real runtimes: stable and healthy canary (MobileNetV3-small), slow canary (ResNet50)."""
+    workdir = tmp_path_factory.mktemp("runtimes")
+    fast, slow = _model_dir(FAST_ARCH), _model_dir(SLOW_ARCH)
+    started: list[Runtime] = []
+    try:
+        for name, model in (("stable", fast), ("healthy-canary", fast), ("slow-canary", slow)):
+            started.append(_start_runtime(name, model, workdir))
+        yield Runtimes(*started)
+    finally:
+        for rt in started:
+            _stop(rt.proc)
+
+
+# ---------------------------------------------------------------------------------- load
+
+
+def _infer_body() -> bytes:
+    n = 3 * IMAGE_SIZE * IMAGE_SIZE
+    data = [round((i % 97) / 97, 2) for i in range(n)]
+    doc = {
+        "inputs": [{"name": "x", "shape": [1, 3, IMAGE_SIZE, IMAGE_SIZE], "datatype": "FP32", "data": data}]
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@dataclass
+class Load:
+    """Background inference traffic to some runtimes, a fixed number of requests per second each."""
+
+    targets: list[Runtime]
+    rps: float = 3.0
+    sent: dict[str, int] = field(default_factory=dict)
+    codes: dict[str, dict[int, int]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self, rt: Runtime, body: bytes) -> None:
+        url = f"{rt.url}/v2/models/{MODEL_NAME}/infer"
+        period = 1.0 / self.rps
+        while not self._stop.is_set():
+            start = time.monotonic()
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    resp.read()
+                    code = resp.status
+            except urllib.error.HTTPError as exc:
+                code = exc.code
+            except (urllib.error.URLError, OSError):
+                code = 0
+            self.sent[rt.name] = self.sent.get(rt.name, 0) + 1
+            per = self.codes.setdefault(rt.name, {})
+            per[code] = per.get(code, 0) + 1
+            self._stop.wait(max(0.0, period - (time.monotonic() - start)))
+
+    def start(self) -> Load:
+        body = _infer_body()
+        for rt in self.targets:
+            t = threading.Thread(target=self._run, args=(rt, body), name=f"load-{rt.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+
+
+@contextlib.contextmanager
+def load(*targets: Runtime, rps: float = 3.0) -> Iterator[Load]:
+    gen = Load(list(targets), rps).start()
+    try:
+        yield gen
+    finally:
+        gen.stop()
+
+
+# ---------------------------------------------------------------------------------- Prometheus
+
+
+@dataclass
+class Prometheus:
+    """A real Prometheus on 127.0.0.1 scraping the given runtimes every second."""
+
+    binary: str
+    workdir: Path
+    port: int
+    scrape: list[tuple[Runtime, dict[str, str]]]
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "prometheus.log"
+
+    def _config(self) -> dict:
+        return {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {
+                    "job_name": "paddle-runtime",
+                    "scrape_interval": "1s",
+                    "scrape_timeout": "1s",
+                    # Static targets with the labels the kubernetes_sd relabelling gives real pods
+                    # (docs/canary.md): the operator's queries select on exactly these.
+                    "static_configs": [
+                        {"targets": [rt.address], "labels": labels} for rt, labels in self.scrape
+                    ],
+                }
+            ],
+        }
+
+    def start(self) -> Prometheus:
+        cfg = self.workdir / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(self._config(), sort_keys=False))
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=1h",
+                    "--log.level=warn",
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                preexec_fn=_die_with_parent,
+            )
+        wait_for(
+            lambda: _http_ok(f"{self.url}/-/ready"), 60, "Prometheus ready", dump=lambda: _tail(self.log)
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.load(resp)["data"]["result"]
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator:
+    """``start(scrape=[(runtime, labels), ...])`` → a running :class:`Prometheus`; stopped afterwards."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("the `prometheus` binary is missing: `make system-deps` (Debian package prometheus)")
+    started: list[Prometheus] = []
+
+    def start(scrape: list[tuple[Runtime, dict[str, str]]]) -> Prometheus:
+        workdir = Path(tempfile.mkdtemp(prefix="prometheus-", dir=tmp_path))
+        prom = Prometheus(binary, workdir, free_port(), scrape).start()
+        started.append(prom)
+        return prom
+
+    try:
+        yield start
+    finally:
+        for prom in started:
+            prom.stop()
+
+
+def track_labels(namespace: str, service: str, track: str) -> dict[str, str]:
+    return {"namespace": namespace, "service": service, "track": track}
