@@ -1,0 +1,84 @@
+"""Static checks of the Dockerfiles: what they copy exists, they run as the UID the pods expect."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_DOCKERFILE = ROOT / "operator" / "Dockerfile"
+VALUES = ROOT / "charts" / "paddle-operator" / "values.yaml"
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    starts = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
+    assert starts, "no FROM"
+    return instructions[starts[-1] :]
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore semantics, simplified: last matching pattern wins, `!` re-includes."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern[1:] if negate else pattern
+        if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat.rstrip("*").rstrip("/") + "/*"):
+            ignored = not negate
+    return ignored
+
+
+def test_operator_image_runs_as_the_chart_uid_and_not_root():
+    final = _final_stage(_instructions(OPERATOR_DOCKERFILE))
+    users = [args for word, args in final if word == "USER"]
+    assert users, "final stage has no USER: it would run as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and uid != "0", "numeric non-root UID, so runAsNonRoot can be verified"
+    values = yaml.safe_load(VALUES.read_text())
+    assert int(uid) == values["podSecurityContext"]["runAsUser"]
+
+
+def test_operator_image_default_command_serves_the_probed_health_endpoint():
+    final = _final_stage(_instructions(OPERATOR_DOCKERFILE))
+    entrypoint = [args for word, args in final if word == "ENTRYPOINT"][-1]
+    cmd = [args for word, args in final if word == "CMD"][-1]
+    assert '"paddle-operator"' in entrypoint
+    port = yaml.safe_load(VALUES.read_text())["healthPort"]
+    assert f"--liveness=http://0.0.0.0:{port}/healthz" in cmd
+    assert any(word == "EXPOSE" and args == str(port) for word, args in final)
+
+
+@pytest.mark.parametrize("dockerfile", [OPERATOR_DOCKERFILE], ids=lambda p: str(p.relative_to(ROOT)))
+def test_everything_copied_exists_and_is_in_the_build_context(dockerfile: Path):
+    ignore_file = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    patterns = [
+        line.strip()
+        for line in (ignore_file.read_text().splitlines() if ignore_file.exists() else [])
+        if line.strip() and not line.startswith("#")
+    ]
+    copies = [args for word, args in _instructions(dockerfile) if word == "COPY" and "--from=" not in args]
+    assert copies
+    for args in copies:
+        *sources, _dest = args.split()
+        for src in sources:
+            path = ROOT / src
+            assert path.exists(), f"{dockerfile.name}: COPY {src} does not exist"
+            files = [path] if path.is_file() else [p for p in path.rglob("*.py")]
+            for f in files:
+                rel = str(f.relative_to(ROOT))
+                assert not _ignored(rel, patterns), f"{rel} is excluded from the build context"
