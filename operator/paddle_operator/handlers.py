@@ -1,0 +1,156 @@
+"""Thin kopf handlers: adapt kopf's events to reconcile.py and turn outcomes into retries and events.
+
+- ``pms_reconcile`` (resume + create + update): the full reconcile. Blocking problems (a missing
+  Secret or PVC) set Ready=False, post a warning event and retry with exponential backoff.
+- ``pms_index``: an in-memory index of PaddleModelServices, so child events find their owner without
+  an API call.
+- ``child_event`` on every managed child kind: restores drifted or deleted children and refreshes the
+  status when the Deployment or HPA changes (Ready follows the Deployment's Available condition).
+- Deletion needs no handler and no finalizer: children carry a controller owner reference and the
+  garbage collector removes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from . import reconcile as rc
+from .kube import Kube, KubeError
+from .spec import GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+# Exponential retry for a spec that cannot work yet: 10 s, 20 s, 40 s ... capped at 5 minutes, so a
+# Secret created later is picked up soon without hot-looping the API server meanwhile.
+BACKOFF_BASE_S = 10
+BACKOFF_MAX_S = 300
+
+_kube: Kube | None = None
+
+
+def kube() -> Kube:
+    """One API client per process, created lazily (after kopf's login and our settings)."""
+    global _kube
+    if _kube is None:
+        _kube = Kube()
+    return _kube
+
+
+def backoff(retry: int) -> float:
+    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, retry)))
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    """A plain dict copy of a kopf body (metadata, spec, status)."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def _ready(status: dict[str, Any] | None) -> str | None:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status")
+    return None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def pms_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, retries=None)
+@kopf.on.create(GROUP, VERSION, PLURAL, retries=None)
+@kopf.on.update(GROUP, VERSION, PLURAL, retries=None)
+def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> dict[str, Any]:
+    plain = _plain(body)
+    before = _ready(plain["status"])
+    try:
+        result = rc.reconcile(kube(), plain)
+    except KubeError as e:
+        delay = backoff(retry)
+        kopf.warn(body, reason="ReconcileFailed", message=f"{e} (retry in {delay:.0f}s)")
+        raise kopf.TemporaryError(str(e), delay=delay) from e
+    if result.problems:
+        delay = backoff(retry)
+        message = "; ".join(p.message for p in result.problems)
+        kopf.warn(body, reason=result.problems[0].reason, message=f"{message} (retry in {delay:.0f}s)")
+        raise kopf.TemporaryError(message, delay=delay)
+    after = _ready(result.status)
+    if after != before and after == "True":
+        kopf.info(body, reason="Ready", message=f"serving at {result.svc.url}")
+    if result.pruned:
+        logger.info("pruned %s", ", ".join(result.pruned))
+    return {"applied": len(result.applied)}
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def pms_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
+    """Forget per-object memory; ``optional`` means no finalizer is added for this handler."""
+    rc.forget(namespace, name, uid)
+
+
+def child_event(
+    event: dict[str, Any],
+    body: kopf.Body,
+    namespace: str,
+    labels: kopf.Labels,
+    pms_index: kopf.Index,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    owner = labels.get(LABEL_SERVICE)
+    if not owner:
+        return
+    found = list(pms_index.get((namespace, owner), []))
+    if not found:
+        return  # owner gone (garbage collection in progress) or not yet indexed: its reconcile will apply
+    pms_body = found[-1]
+    child = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": dict(body.get("spec") or {}),
+        "data": dict(body.get("data") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+    if body.get("kind") != "ConfigMap":
+        child.pop("data")
+    before = _ready(pms_body.get("status"))
+    try:
+        restored, _written = rc.on_child_event(kube(), pms_body, event.get("type"), child)
+    except KubeError as e:
+        # Not retried here: the next event of this child, or the owner's next reconcile, repairs it.
+        logger.warning("child %s %s/%s: %s", child["kind"], namespace, child["metadata"].get("name"), e)
+        return
+    if restored:
+        kopf.info(pms_body, reason="DriftRestored",
+                  message=f"{child['kind']} {child['metadata'].get('name')} put back to the spec")
+    after = _ready(rc._last_written.get((namespace, owner, pms_body["metadata"].get("uid")), {}))
+    if after == "True" and before != "True":
+        kopf.info(pms_body, reason="Ready", message="Deployment available")
+
+
+# Watch every child kind we own; the managed-by label is also applied server-side (settings.py).
+CHILD_RESOURCES = [
+    ("", "v1", "configmaps"),
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+]
+for _group, _version, _plural in CHILD_RESOURCES:
+    kopf.on.event(
+        group=_group,
+        version=_version,
+        plural=_plural,
+        id=f"child_event_{_plural}",
+        labels={LABEL_MANAGED_BY: MANAGED_BY},
+    )(child_event)

@@ -1,0 +1,233 @@
+"""The one idempotent reconcile: check what the spec needs, apply every desired child, prune the rest,
+read the children back, write status. Also the drift path for a single child.
+
+No kopf here either: handlers.py adapts kopf's calls to these functions, so they run the same from a
+create/update/resume handler, a child's watch event, a test, or the benchmark.
+
+Extending (rollout/canary): replace or wrap ``plan`` to return the canary Deployment/HPA/Services/
+routes as well (children absent from the plan are pruned), add their kinds to ``MANAGED_KINDS`` and
+kube.RESOURCES, and write ``status.rollout``/``status.sla`` with your own merge patch; ``compute_status``
+never touches those.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .builders import desired_children
+from .kube import Kube, KubeError
+from .spec import (
+    LABEL_MANAGED_BY,
+    LABEL_SERVICE,
+    MANAGED_BY,
+    PaddleModelService,
+    parse_pvc_uri,
+)
+from .status import Observed, Problem, compute_status, status_changed
+
+log = logging.getLogger(__name__)
+
+# Kinds the operator owns as children, in apply order. Pruning and drift watches cover these.
+MANAGED_KINDS: list[tuple[str, str]] = [
+    ("v1", "ConfigMap"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+]
+
+# The plan: which children the resource should have. A module-level hook so the rollout code can
+# swap in a track-aware plan without touching the loop below.
+plan: Callable[[PaddleModelService], list[dict[str, Any]]] = desired_children
+
+
+@dataclass
+class Result:
+    """What one reconcile did: the status patch it wrote (or would have) and any blocking problems."""
+
+    svc: PaddleModelService
+    status: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    status_written: bool = False
+
+
+def check_preconditions(kube: Kube, svc: PaddleModelService) -> list[Problem]:
+    """Things the schema cannot know: referenced Secrets (and keys) and PVCs must exist."""
+    problems: list[Problem] = []
+    spec = svc.spec
+    refs: list[tuple[str, Any, str]] = []
+    sig = spec.model.signature
+    if sig is not None and sig.hmac_key_secret_ref is not None:
+        refs.append(("spec.model.signature.hmacKeySecretRef", sig.hmac_key_secret_ref, "hmac.key"))
+    if sig is not None and sig.public_key_secret_ref is not None:
+        refs.append(("spec.model.signature.publicKeySecretRef", sig.public_key_secret_ref, "public.pem"))
+    if spec.auth is not None and spec.auth.token_secret_ref is not None:
+        refs.append(("spec.auth.tokenSecretRef", spec.auth.token_secret_ref, "token"))
+    for path, ref, default_key in refs:
+        secret = kube.get("v1", "Secret", svc.namespace, ref.name)
+        key = ref.key or default_key
+        if secret is None:
+            problems.append(Problem("SecretNotFound", f"{path}: Secret {svc.namespace}/{ref.name} not found"))
+        elif key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
+            problems.append(Problem("SecretKeyNotFound", f"{path}: Secret {ref.name} has no key {key!r}"))
+    uris = [("spec.model.uri", spec.model.uri)]
+    if spec.fallback is not None:
+        uris.append(("spec.fallback.uri", spec.fallback.uri))
+    for path, uri in uris:
+        pvc = parse_pvc_uri(uri)
+        if pvc is not None and kube.get("v1", "PersistentVolumeClaim", svc.namespace, pvc[0]) is None:
+            problems.append(
+                Problem("PersistentVolumeClaimNotFound", f"{path}: PVC {svc.namespace}/{pvc[0]} not found")
+            )
+    return problems
+
+
+def child_key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+
+
+def prune(kube: Kube, svc: PaddleModelService, desired: list[dict[str, Any]]) -> list[str]:
+    """Delete children we own that the plan no longer wants (e.g. the HPA after autoscaling is off)."""
+    wanted = {child_key(c) for c in desired}
+    selector = f"{LABEL_SERVICE}={svc.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+    pruned = []
+    for api_version, kind in MANAGED_KINDS:
+        for obj in kube.list(api_version, kind, svc.namespace, selector):
+            owners = obj["metadata"].get("ownerReferences") or []
+            if not any(o.get("uid") == svc.uid for o in owners):
+                continue  # not ours (another object of the same name, or adopted elsewhere)
+            key = (api_version, kind, obj["metadata"]["name"])
+            if key not in wanted:
+                kube.delete(api_version, kind, svc.namespace, key[2])
+                pruned.append(f"{kind}/{key[2]}")
+    return pruned
+
+
+def carried_problems(svc: PaddleModelService, old_status: dict[str, Any] | None) -> list[Problem]:
+    """A ReconcileError for this generation stays until the full reconcile clears it (drift path)."""
+    for c in (old_status or {}).get("conditions") or []:
+        if (
+            c.get("type") == "ReconcileError"
+            and c.get("status") == "True"
+            and c.get("observedGeneration") == svc.generation
+        ):
+            return [Problem(c.get("reason") or "ReconcileError", c.get("message") or "")]
+    return []
+
+
+# Last status each object was given by this process. The watch-fed copy of an object can lag our own
+# write by a moment; a write is skipped only when both copies already say the same thing.
+_last_written: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+def write_status(
+    kube: Kube, svc: PaddleModelService, obs: Observed, old_status: dict[str, Any] | None
+) -> tuple[dict[str, Any], bool]:
+    status = compute_status(svc, obs, old_status)
+    key = (svc.namespace, svc.name, svc.uid)
+    last = _last_written.get(key)
+    if not status_changed(old_status, status) and (last is None or not status_changed(last, status)):
+        return status, False
+    kube.patch_status(svc.namespace, svc.name, status)
+    _last_written[key] = status
+    return status, True
+
+
+def forget(namespace: str, name: str, uid: str) -> None:
+    """Drop per-object memory when the resource is gone."""
+    _last_written.pop((namespace, name, uid), None)
+
+
+def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Result:
+    """Bring the children in line with the spec and report. Safe to run any number of times."""
+    svc = PaddleModelService.from_body(body)
+    old_status = dict(body.get("status") or {})
+    problems = check_preconditions(kube, svc)
+    result = Result(svc=svc, status={}, problems=problems)
+    deployment = hpa = None
+    if not problems:
+        desired = plan(svc)
+        for child in desired:
+            try:
+                applied = kube.apply(child)
+            except KubeError as e:
+                if e.status in (400, 422):
+                    # The API server refused a manifest built from this spec (e.g. a bad passthrough
+                    # toleration): a spec problem, reported, not retried fast.
+                    problems.append(Problem("ChildRejected", str(e)))
+                    continue
+                raise
+            result.applied.append(f"{child['kind']}/{child['metadata']['name']}")
+            if child["kind"] == "Deployment" and child["metadata"]["name"] == svc.deployment_name:
+                deployment = applied
+            elif child["kind"] == "HorizontalPodAutoscaler" and child["metadata"]["name"] == svc.deployment_name:
+                hpa = applied
+        if do_prune and not problems:
+            result.pruned = prune(kube, svc, desired)
+    else:
+        # Leave whatever exists alone: a Deployment whose Secret vanished keeps serving its loaded model.
+        deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
+    result.status, result.status_written = write_status(
+        kube, svc, Observed(deployment=deployment, hpa=hpa, problems=problems), old_status
+    )
+    return result
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """Every field we set has our value in ``actual`` (server defaults and others' fields are ignored)."""
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return False
+        return all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return False
+        return all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
+    if isinstance(desired, (int, float)) and isinstance(actual, str) or isinstance(desired, str) and isinstance(actual, (int, float)):
+        return str(desired) == str(actual)
+    return desired == actual
+
+
+def on_child_event(
+    kube: Kube,
+    pms_body: dict[str, Any],
+    event_type: str | None,
+    child: dict[str, Any],
+) -> tuple[bool, bool]:
+    """A child changed: put it back if it drifted or vanished, and refresh status from Deployment/HPA.
+
+    Returns (restored, status_written).
+    """
+    svc = PaddleModelService.from_body(pms_body)
+    if pms_body["metadata"].get("deletionTimestamp"):
+        return False, False
+    api_version, kind = child["apiVersion"], child["kind"]
+    name = child["metadata"]["name"]
+    owners = child["metadata"].get("ownerReferences") or []
+    if not any(o.get("uid") == svc.uid for o in owners):
+        return False, False
+    old_status = dict(pms_body.get("status") or {})
+    problems = carried_problems(svc, old_status)
+    desired = {child_key(c): c for c in plan(svc)} if not problems else {}
+    want = desired.get((api_version, kind, name))
+    restored = False
+    current = child
+    if want is not None and (event_type == "DELETED" or not is_subset(want, child)):
+        current = kube.apply(want)
+        restored = True
+        log.info("restored %s %s/%s (%s)", kind, svc.namespace, name, "deleted" if event_type == "DELETED" else "drifted")
+    if kind not in ("Deployment", "HorizontalPodAutoscaler") or name != svc.deployment_name:
+        return restored, False
+    if kind == "Deployment":
+        deployment = None if event_type == "DELETED" and not restored else current
+        hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", svc.namespace, name) if svc.spec.autoscaled else None
+    else:
+        hpa = None if event_type == "DELETED" and not restored else current
+        deployment = kube.get("apps/v1", "Deployment", svc.namespace, name)
+    _, written = write_status(kube, svc, Observed(deployment=deployment, hpa=hpa, problems=problems), old_status)
+    return restored, written

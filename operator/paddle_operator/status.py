@@ -1,0 +1,212 @@
+"""Status of a PaddleModelService computed from its observed children. Pure.
+
+``compute_status`` is the single place conditions are decided. It keeps fields other writers own
+(``status.rollout``, the measured figures in ``status.sla``) untouched and returns only what it owns,
+so the result is a merge patch. Conditions are replaced by type; ``lastTransitionTime`` moves only
+when a condition's status changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .spec import LABEL_SERVICE, PaddleModelService
+
+CONDITION_TYPES = ("Ready", "Available", "Progressing", "Degraded", "ReconcileError")
+# Availability at or above which one replica is a single point of failure worth a warning.
+HA_AVAILABILITY = 99.9
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the spec cannot work right now (e.g. a Secret is missing): reason + message."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class Observed:
+    """What the reconcile saw: the stable Deployment and HPA (None when absent), and problems."""
+
+    deployment: dict[str, Any] | None = None
+    hpa: dict[str, Any] | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cond(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for c in conditions or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def merge_conditions(
+    old: list[dict[str, Any]] | None, new: list[dict[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    """Replace conditions by type, keeping lastTransitionTime when the status did not change.
+
+    Types not in ``new`` (e.g. ``SLAMet`` written by the SLA evaluator) are kept.
+    """
+    by_type = {c["type"]: dict(c) for c in old or []}
+    for c in new:
+        prev = by_type.get(c["type"])
+        merged = dict(c)
+        if prev is not None and prev.get("status") == c["status"] and prev.get("lastTransitionTime"):
+            merged["lastTransitionTime"] = prev["lastTransitionTime"]
+        else:
+            merged["lastTransitionTime"] = now
+        by_type[c["type"]] = merged
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(by_type.values(), key=lambda c: (order.get(c["type"], len(order)), c["type"]))
+
+
+def warnings_for(svc: PaddleModelService, obs: Observed) -> list[str]:
+    """Human-readable warnings read back from children, plus spec smells the schema cannot catch."""
+    out: list[str] = []
+    hpa = obs.hpa
+    if hpa is not None:
+        for c in (hpa.get("status") or {}).get("conditions") or []:
+            if c.get("type") in ("ScalingActive", "AbleToScale") and c.get("status") == "False":
+                out.append(
+                    f"HorizontalPodAutoscaler {hpa['metadata']['name']}: {c['type']}=False "
+                    f"({c.get('reason', '')}): {c.get('message', '')}".strip()
+                )
+    dep = obs.deployment
+    if dep is not None:
+        for c in (dep.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+                out.append(f"Deployment {dep['metadata']['name']}: {c.get('reason', '')}: {c.get('message', '')}")
+    spec = svc.spec
+    a = spec.autoscaling
+    cpu_metric = a is not None and a.enabled and (
+        a.target_cpu_utilization is not None
+        or (spec.inference.device != "gpu" and a.target_qps_per_replica is None)
+    )
+    if cpu_metric and "cpu" not in spec.inference.resources.requests:
+        out.append("spec.autoscaling scales on CPU utilisation but spec.inference.resources.requests.cpu is unset")
+    floor = a.min_replicas if spec.autoscaled and a is not None else spec.replicas
+    avail = spec.sla.availability_percent if spec.sla is not None else None
+    if avail is not None and avail >= HA_AVAILABILITY and floor < 2:
+        out.append(f"spec.sla.availability {spec.sla.availability} with at most one replica guaranteed: "
+                   "a single pod restart breaks it; use 2+ replicas")
+    if spec.model.preload.medium == "Memory" and "memory" not in spec.inference.resources.limits:
+        out.append("spec.model.preload.medium Memory without spec.inference.resources.limits.memory: "
+                   "the RAM disk is bounded only by sizeLimit")
+    return out
+
+
+def compute_status(
+    svc: PaddleModelService,
+    obs: Observed,
+    old_status: dict[str, Any] | None,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The status merge patch this operator owns."""
+    now = now or now_iso()
+    old_status = dict(old_status or {})
+    gen = svc.generation
+    dep = obs.deployment
+    dstatus = (dep or {}).get("status") or {}
+    dconds = dstatus.get("conditions") or []
+    desired = ((dep or {}).get("spec") or {}).get("replicas")
+    if desired is None:
+        desired = svc.spec.replicas
+    ready_replicas = int(dstatus.get("readyReplicas") or 0)
+    replicas = int(dstatus.get("replicas") or 0)
+    updated = int(dstatus.get("updatedReplicas") or 0)
+
+    conds: list[dict[str, Any]] = []
+
+    def add(type_: str, ok: bool, reason: str, message: str) -> None:
+        conds.append(
+            {"type": type_, "status": "True" if ok else "False", "reason": reason, "message": message,
+             "observedGeneration": gen}
+        )
+
+    if obs.problems:
+        add("ReconcileError", True, obs.problems[0].reason, "; ".join(p.message for p in obs.problems))
+    else:
+        add("ReconcileError", False, "Reconciled", "all children applied")
+
+    avail_c = _cond(dconds, "Available")
+    available = avail_c is not None and avail_c.get("status") == "True"
+    if dep is None:
+        add("Available", False, "DeploymentMissing", f"Deployment {svc.deployment_name} not found")
+    elif available:
+        add("Available", True, avail_c.get("reason") or "MinimumReplicasAvailable",
+            f"{ready_replicas}/{desired} replicas ready")
+    else:
+        add("Available", False, (avail_c or {}).get("reason") or "MinimumReplicasUnavailable",
+            (avail_c or {}).get("message") or f"{ready_replicas}/{desired} replicas ready")
+
+    prog_c = _cond(dconds, "Progressing")
+    dep_gen_seen = dep is not None and (dstatus.get("observedGeneration") or 0) >= (dep["metadata"].get("generation") or 0)
+    deadline = prog_c is not None and prog_c.get("status") == "False"
+    rolling = dep is not None and (not dep_gen_seen or updated < desired or ready_replicas < desired or replicas > desired)
+    if deadline:
+        add("Progressing", False, prog_c.get("reason") or "ProgressDeadlineExceeded", prog_c.get("message") or "")
+    elif rolling:
+        add("Progressing", True, "RollingUpdate",
+            f"{updated}/{desired} updated, {ready_replicas}/{desired} ready")
+    else:
+        add("Progressing", False, "Complete", f"{ready_replicas}/{desired} replicas up to date and ready")
+
+    if deadline:
+        add("Degraded", True, "ProgressDeadlineExceeded", (prog_c or {}).get("message") or "rollout stuck")
+    elif available and ready_replicas < desired:
+        add("Degraded", True, "ReplicasUnavailable", f"only {ready_replicas}/{desired} replicas ready")
+    else:
+        add("Degraded", False, "AsExpected", "no degradation observed")
+
+    if obs.problems:
+        add("Ready", False, obs.problems[0].reason, "; ".join(p.message for p in obs.problems))
+    elif available:
+        add("Ready", True, "Available", f"serving {svc.model_name} at {svc.url}")
+    elif dep is None:
+        add("Ready", False, "DeploymentMissing", f"Deployment {svc.deployment_name} not created yet")
+    else:
+        add("Ready", False, "WaitingForReplicas", f"{ready_replicas}/{desired} replicas ready")
+
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "conditions": merge_conditions(old_status.get("conditions"), conds, now),
+        "replicas": replicas,
+        "readyReplicas": ready_replicas,
+        "replicaSummary": f"{ready_replicas}/{desired}",
+        "selector": f"{LABEL_SERVICE}={svc.name}",
+        "tag": svc.spec.tag,
+        "modelVersion": svc.spec.model.version or "unversioned",
+        "url": svc.url,
+        "fallback": old_status.get("fallback") if old_status.get("fallback") == "Active" else
+        ("Armed" if svc.spec.fallback is not None else "Off"),
+        "warnings": warnings_for(svc, obs),
+    }
+    if available and not obs.problems and not rolling:
+        status["stableTag"] = svc.spec.tag
+    old_sla = old_status.get("sla") or {}
+    target = svc.spec.sla.latency_p99_ms if svc.spec.sla is not None else None
+    if old_sla.get("p99Ms") is None:
+        # The SLA evaluator owns the measured figures and the summary once it has measured.
+        status["sla"] = {"targetP99Ms": target, "summary": f"-/{target}ms" if target else "-"}
+    elif target != old_sla.get("targetP99Ms"):
+        status["sla"] = {"targetP99Ms": target}
+    return status
+
+
+def status_changed(old: dict[str, Any] | None, patch: dict[str, Any]) -> bool:
+    """True when applying ``patch`` would change ``old`` (skip no-op writes: no event storms)."""
+    old = old or {}
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(old.get(k), dict):
+            if status_changed(old[k], v):
+                return True
+        elif old.get(k) != v:
+            return True
+    return False
