@@ -39,6 +39,14 @@ _SERVE_FLAGS: list[tuple[str, type, str]] = [
     ("max_body_bytes", int, "largest request body"),
     ("precision", str, "fp32 | fp16 | int8 (TensorRT)"),
     ("log_level", str, "DEBUG | INFO | WARNING"),
+    # resilience (docs/resilience.md)
+    ("fallback_model_dir", str, "fallback model with the same I/O contract (empty = none)"),
+    ("reload_poll_s", float, "hot reload poll interval of DIR/current (0 = SIGHUP/admin only)"),
+    ("hmac_key_file", str, "HMAC key: refuse models whose MANIFEST.hmac does not verify"),
+    ("public_key_file", str, "EC public key: refuse models whose model-signing signature does not verify"),
+    ("auth_token_file", str, "bearer token required for inference"),
+    ("admin_port", int, "admin port for POST /admin/reload (0 = off)"),
+    ("admin_token_file", str, "bearer token for the admin port"),
 ]
 
 
@@ -83,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
+    # fetch, sign, verify: three commands from one module, so they register themselves.
+    from .cli_resilience import register
+
+    register(sub)
     return parser
 
 

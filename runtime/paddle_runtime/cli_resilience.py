@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="S3-compatible endpoint URL (MinIO, Ceph, ...); credentials from the usual AWS_* env",
     )
     p.add_argument("--keep-versions", type=int, default=3, help="old version directories to keep (0 = all)")
-    p.set_defaults(func=cmd_fetch)
+    p.set_defaults(func=cmd_fetch, _run=cmd_fetch)
 
     p = subparsers.add_parser(
         "sign", help="write MANIFEST.json (+ HMAC, + model-signing signature) into a model dir"
@@ -100,16 +100,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir")
     _add_key_flags(p, private=True)
     p.add_argument("--version", default=None, help="version label recorded in the manifest")
-    p.set_defaults(func=cmd_sign)
+    p.set_defaults(func=cmd_sign, _run=cmd_sign)
 
     p = subparsers.add_parser("verify", help="check a model dir against its manifest, HMAC and signature")
     p.add_argument("model_dir")
     _add_key_flags(p)
     p.add_argument("--require-signed", action="store_true", help="fail when there is no manifest")
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=cmd_verify, _run=cmd_verify)
+
+
+def _log_setup() -> None:
+    # `paddle-runtime` configures logging only for serve; fetch progress must reach the pod log too.
+    logging.basicConfig(
+        level=os.environ.get("PADDLE_RUNTIME_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    _log_setup()
     try:
         opts = fetch_mod.FetchOptions(
             hmac_key=integrity.load_hmac_key(args.hmac_key_file),

@@ -41,25 +41,28 @@ async def build_handle(settings: RuntimeSettings, app: App) -> tuple[ModelHandle
     Returns the handle the server will use and an async cleanup run after the drain.
     """
     from .engine import PaddleEngine  # paddle is imported here, after the port is open
+    from .reload import attach_resilience, load_main_engine
 
     loop = asyncio.get_running_loop()
 
     def load() -> PaddleEngine:
-        eng = PaddleEngine(settings)
-        eng.load()
-        return eng
+        # Integrity check first (a refused model never reaches Paddle), then load and warm up.
+        return load_main_engine(settings)
 
     engine = await loop.run_in_executor(None, load)
     metrics.set_model_info(engine.name, engine.version, engine.device, engine.role)
     batcher = Batcher(engine, settings)
     await batcher.start()
+    # Fallback routing, hot reload, admin port and auth (reload.py); returns the handle to serve.
+    handle, resilience_cleanup = await attach_resilience(settings, app, batcher)
 
     async def cleanup() -> None:
+        await resilience_cleanup()
         await loop.run_in_executor(None, batcher.engine.unload, 5.0)
         metrics.set_model_info(batcher.engine.name, batcher.engine.version, batcher.engine.device,
                                batcher.engine.role, loaded=False)
 
-    return batcher, cleanup
+    return handle, cleanup
 
 
 def _ssl_context(settings: RuntimeSettings) -> ssl.SSLContext | None:

@@ -56,6 +56,8 @@ log = logging.getLogger("paddle_runtime.server")
 
 JSON = "application/json"
 BINARY_HEADER = "inference-header-content-length"
+MODEL_ROLE_HEADER = "X-Model-Role"  # main | fallback: which model produced the answer
+MODEL_VERSION_HEADER = "X-Model-Version"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -66,6 +68,8 @@ class Request:
     query: str
     headers: dict[str, str]
     body: bytes
+    peer: str = ""
+    """Client address (host), for per-client rate limiting."""
 
 
 @dataclass
@@ -206,13 +210,16 @@ def encode_infer_response(handle: ModelHandle, req: InferRequest, result: InferR
         else:
             entry["data"] = a.reshape(-1)
         outs.append(entry)
-    body: dict[str, Any] = {"model_name": handle.name, "model_version": result.model_version, "outputs": outs}
+    body: dict[str, Any] = {"model_name": handle.name, "model_version": result.model_version, "outputs": outs,
+                            "parameters": {"model_role": result.role}}
     if req.id is not None:
         body["id"] = req.id
     head = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    # Which model answered (main or fallback), also for clients that never parse the body.
+    who = {MODEL_ROLE_HEADER: result.role, MODEL_VERSION_HEADER: result.model_version}
     if not chunks:
-        return Response(200, head, JSON)
-    return Response(200, head, "application/octet-stream", {"Inference-Header-Content-Length": str(len(head))},
+        return Response(200, head, JSON, who)
+    return Response(200, head, "application/octet-stream", {"Inference-Header-Content-Length": str(len(head)), **who},
                     chunks)
 
 
@@ -363,8 +370,9 @@ class App:
             result = await self._run(h, inputs)
             version, role = result.model_version, result.role
             code = 200
-            return json_response({"model_name": h.name, "model_version": version,
-                                  "outputs": {n: np.ascontiguousarray(a) for n, a in result.outputs.items()}})
+            return json_response({"model_name": h.name, "model_version": version, "model_role": role,
+                                  "outputs": {n: np.ascontiguousarray(a) for n, a in result.outputs.items()}},
+                                 headers={MODEL_ROLE_HEADER: role, MODEL_VERSION_HEADER: version})
         except RuntimeError_ as e:
             code = e.status
             raise
@@ -504,8 +512,10 @@ class HttpProtocol(asyncio.Protocol):
         else:
             url = httptools.parse_url(self._url)
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            peer = self.transport.get_extra_info("peername") if self.transport else None
             item = Request(self.parser.get_method().decode(), url.path.decode("latin-1"),
-                           (url.query or b"").decode("latin-1"), self._headers, body)
+                           (url.query or b"").decode("latin-1"), self._headers, body,
+                           str(peer[0]) if peer else "")
         self._body = []
         self._queue.put_nowait((item, keep_alive))
         if self._queue.qsize() > 16:  # a client pipelining without reading: stop reading from it

@@ -1,0 +1,443 @@
+"""Fallback (degraded) model: keep answering when the main model is slow, failing or out of memory.
+
+:class:`FallbackRouter` implements the server's ``ModelHandle`` over two batchers (main and
+fallback), so the HTTP layer does not change. State machine::
+
+    MAIN --(mean latency of the last `fallback_window` main requests > threshold,
+            or `fallback_error_threshold` consecutive main errors)--> FALLBACK
+    FALLBACK --(main probes below recovery_ratio x threshold and error-free for `fallback_hold_s`)--> RAMP
+    RAMP: `fallback_recovery_steps` percent of requests go to main (10 -> 30 -> 60 -> 100),
+          `fallback_ramp_step_s` per step while main stays healthy; 100 % done -> MAIN
+    RAMP --(main degrades again: same rule as MAIN)--> FALLBACK (hold period starts over)
+
+A request that fails on the main model (engine fault, OOM, timeout, queue full) is retried on the
+fallback at once, so the caller gets an answer; only a caller's own mistake (4xx) is returned as is.
+While on the fallback, main gets no user traffic: the last request is replayed on it every
+``fallback_probe_interval_s`` to measure it. Every answer carries the role that produced it
+(``InferResult.role``: OIP ``parameters`` and a response header, set by the server).
+
+Thresholds (every ``fallback_*`` setting) are re-read from the mounted config file when it changes
+(a ConfigMap update), without a restart.
+
+Also here: :class:`FaultInjector`, a TEST-ONLY engine wrapper enabled by ``fault_injection_file``
+(empty by default) that adds latency or failures to one role's predict, re-read at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from . import metrics
+from .batcher import InferResult
+from .errors import EngineError, ModelLoadError, RuntimeError_
+from .model_dir import TensorSpec
+from .reload import contract_difference
+from .settings import RuntimeSettings
+
+log = logging.getLogger("paddle_runtime.fallback")
+
+MAIN, FALLBACK, RAMP = "main", "fallback", "ramp"
+_TUNABLE = (
+    "fallback_latency_threshold_ms",
+    "fallback_window",
+    "fallback_error_threshold",
+    "fallback_recovery_ratio",
+    "fallback_recovery_steps",
+    "fallback_hold_s",
+    "fallback_ramp_step_s",
+    "fallback_probe_interval_s",
+)
+
+
+# ---------------------------------------------------------------- test-only fault injection
+
+
+class FaultInjector:
+    """TEST ONLY: wraps an engine; ``predict`` first applies the faults configured for its role.
+
+    File format (YAML or JSON), re-read when its mtime changes::
+
+        main:     {delay_ms: 300}            # slow main model
+        fallback: {fail: true}               # EngineError from every predict
+        main:     {oom: true}                # the message Paddle gives when memory runs out
+
+    Delays are real sleeps in the predict thread, so queueing and batching behave as with a slow
+    model. The real predict still runs (unless failing), so answers stay the model's own.
+    """
+
+    def __init__(self, engine: Any, path: str, role: str) -> None:
+        self._engine = engine
+        self._path = Path(path)
+        self._role = role
+        self._mtime: int | None = None
+        self._faults: dict[str, Any] = {}
+        self._checked = 0.0
+        log.warning("TEST-ONLY fault injection enabled for role %s from %s", role, path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    def _current(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._checked > 0.05:
+            self._checked = now
+            try:
+                mtime = self._path.stat().st_mtime_ns
+                if mtime != self._mtime:
+                    doc = yaml.safe_load(self._path.read_text()) or {}
+                    self._faults = dict(doc.get(self._role) or {}) if isinstance(doc, dict) else {}
+                    self._mtime = mtime
+            except (OSError, yaml.YAMLError):
+                self._faults = {}
+        return self._faults
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        f = self._current()
+        if f.get("delay_ms"):
+            time.sleep(float(f["delay_ms"]) / 1000.0)
+        if f.get("oom"):
+            raise EngineError(
+                f"inference failed in model {self._engine.name}: ResourceExhaustedError: Out of memory (injected)"
+            )
+        if f.get("fail"):
+            raise EngineError(f"inference failed in model {self._engine.name}: injected fault")
+        return self._engine.predict(inputs)
+
+
+def make_engine(settings: RuntimeSettings, model_dir: str, role: str) -> Any:
+    """An unloaded engine for ``model_dir``, wrapped by the fault injector when (and only when) the
+    test-only ``fault_injection_file`` is set. Reload and fallback build every engine through this."""
+    from .engine import PaddleEngine
+
+    eng = PaddleEngine(settings, model_dir=model_dir, role=role)
+    if settings.fault_injection_file:
+        return FaultInjector(eng, settings.fault_injection_file, role)
+    return eng
+
+
+def check_same_contract(main: Any, fb: Any) -> None:
+    """Refuse a fallback whose inputs or outputs differ from the main model's (name, dtype, shape)."""
+    diff = contract_difference(main.inputs, fb.inputs, _out(main), _out(fb))
+    if diff:
+        raise ModelLoadError(
+            f"fallback model {fb.files.path} does not match the main model's contract: {diff}"
+        )
+
+
+def _out(eng: Any) -> tuple[TensorSpec, ...]:
+    return tuple(eng.outputs)
+
+
+# ---------------------------------------------------------------- the router
+
+
+class FallbackRouter:
+    """``ModelHandle`` over a main and a fallback batcher, with the switching policy above."""
+
+    def __init__(self, main: Any, fallback: Any, settings: RuntimeSettings) -> None:
+        self.main = main
+        self.fallback = fallback
+        self.settings = settings
+        self.params = {k: getattr(settings, k) for k in _TUNABLE}
+        self.state = MAIN
+        self.step = 0  # index into fallback_recovery_steps while in RAMP
+        self._lat: deque[float] = deque(maxlen=self.params["fallback_window"])
+        self._probe_lat: deque[float] = deque(maxlen=self.params["fallback_window"])
+        self._consecutive_errors = 0
+        self._since = time.monotonic()  # when the current state (or ramp step) began
+        self._healthy_since: float | None = None
+        self._last_inputs: dict[str, np.ndarray] | None = None
+        self._probe_task: asyncio.Task | None = None
+        self._config_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.switches = {MAIN: 0, FALLBACK: 0}
+        self.last_switch_reason: str | None = None
+        self.last_switch_at: float | None = None
+        metrics.FALLBACK_SWITCHES.labels(MAIN)
+        metrics.FALLBACK_SWITCHES.labels(FALLBACK)
+        self._publish_role()
+
+    # ---- ModelHandle: metadata is the main model's (the contract both share) ---------------------------
+    platform = "paddle_inference"
+
+    @property
+    def name(self) -> str:
+        return self.main.name
+
+    @property
+    def version(self) -> str:
+        return self.main.version
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.main.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.main.outputs
+
+    @property
+    def max_batch_size(self) -> int:
+        return min(self.main.max_batch_size, self.fallback.max_batch_size)
+
+    @property
+    def engine(self) -> Any:
+        return self.main.engine
+
+    @property
+    def ready(self) -> bool:
+        # Ready when either can answer: a broken main model is exactly when the fallback matters.
+        return bool(self.main.ready or self.fallback.ready)
+
+    @property
+    def queue_depth(self) -> int:
+        return getattr(self.main, "queue_depth", 0) + getattr(self.fallback, "queue_depth", 0)
+
+    def live(self) -> tuple[bool, str]:
+        ok_m, why_m = self.main.live()
+        ok_f, why_f = self.fallback.live()
+        if ok_m or ok_f:
+            return True, "ok"
+        return False, f"main: {why_m}; fallback: {why_f}"
+
+    def swap_engine(self, new: Any) -> Any:
+        """Hot reload replaces the main model only."""
+        return self.main.swap_engine(new)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._probe_task = loop.create_task(self._probe_loop(), name="fallback-probe")
+        if self.settings.config_file:
+            self._config_thread = threading.Thread(
+                target=self._watch_config, name="fallback-config", daemon=True
+            )
+            self._config_thread.start()
+
+    async def drain(self, timeout: float) -> bool:
+        self._stop.set()
+        if self._probe_task:
+            self._probe_task.cancel()
+        a, b = await asyncio.gather(self.main.drain(timeout), self.fallback.drain(timeout))
+        return a and b
+
+    # ---- routing ---------------------------------------------------------------------------------------
+    def _route_to_main(self) -> bool:
+        if self.state == MAIN:
+            return True
+        if self.state == FALLBACK:
+            return False
+        steps = self.params["fallback_recovery_steps"] or [100]
+        return random.random() * 100 < steps[min(self.step, len(steps) - 1)]
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
+        self._last_inputs = inputs
+        if not self._route_to_main():
+            return await self.fallback.infer(inputs)
+        t0 = time.perf_counter()
+        try:
+            res = await self.main.infer(inputs)
+        except RuntimeError_ as exc:
+            if exc.status < 500:  # the caller's mistake: the fallback would say the same
+                raise
+            self._record_error(exc)
+            if not self.fallback.ready:
+                raise
+            log.info("main model failed (%s); answering from the fallback", exc.message)
+            return await self.fallback.infer(inputs)
+        self._record_latency(time.perf_counter() - t0)
+        return res
+
+    # ---- policy -------------------------------------------------------------------------------------
+    def _threshold_s(self) -> float:
+        return self.params["fallback_latency_threshold_ms"] / 1000.0
+
+    def _window_mean(self, window: deque[float]) -> float | None:
+        if len(window) < window.maxlen:  # type: ignore[operator]
+            return None
+        return sum(window) / len(window)
+
+    def _record_latency(self, seconds: float) -> None:
+        self._consecutive_errors = 0
+        self._lat.append(seconds)
+        thr = self._threshold_s()
+        mean = self._window_mean(self._lat)
+        if thr > 0 and mean is not None and mean > thr and self.state != FALLBACK:
+            self._switch(
+                FALLBACK,
+                f"mean latency of the last {len(self._lat)} requests {1000 * mean:.0f} ms > {1000 * thr:.0f} ms",
+            )
+        elif self.state == RAMP:
+            self._maybe_advance_ramp()
+
+    def _record_error(self, exc: BaseException) -> None:
+        self._consecutive_errors += 1
+        if self.state != FALLBACK and self._consecutive_errors >= self.params["fallback_error_threshold"]:
+            self._switch(FALLBACK, f"{self._consecutive_errors} consecutive errors on main (last: {exc})")
+
+    def _maybe_advance_ramp(self) -> None:
+        if time.monotonic() - self._since < self.params["fallback_ramp_step_s"]:
+            return
+        steps = self.params["fallback_recovery_steps"] or [100]
+        if self.step + 1 >= len(steps):
+            self._switch(MAIN, "ramp finished")
+            return
+        self.step += 1
+        self._since = time.monotonic()
+        log.info("fallback ramp: %d%% of traffic to the main model", steps[self.step])
+        self._publish_role()
+
+    def _switch(self, to: str, reason: str) -> None:
+        prev = self.state
+        self.state = to
+        self._since = time.monotonic()
+        self._healthy_since = None
+        self._lat.clear()
+        self._probe_lat.clear()
+        self._consecutive_errors = 0
+        self.step = 0
+        self.last_switch_reason = reason
+        self.last_switch_at = time.time()
+        if to in (MAIN, FALLBACK):
+            self.switches[to] += 1
+            metrics.FALLBACK_SWITCHES.labels(to).inc()
+        log.warning("switching %s -> %s: %s", prev, to, reason)
+        self._publish_role()
+
+    def _publish_role(self) -> None:
+        if self.state == MAIN:
+            share = 1.0
+        elif self.state == FALLBACK:
+            share = 0.0
+        else:
+            steps = self.params["fallback_recovery_steps"] or [100]
+            share = steps[min(self.step, len(steps) - 1)] / 100.0
+        # During the ramp both serve; the gauges show the share of traffic each gets.
+        metrics.ACTIVE_ROLE.labels(MAIN).set(share)
+        metrics.ACTIVE_ROLE.labels(FALLBACK).set(1.0 - share)
+
+    async def _probe_loop(self) -> None:
+        """While on the fallback, replay the last request on main to see whether it recovered."""
+        while True:
+            await asyncio.sleep(self.params["fallback_probe_interval_s"])
+            if self.state != FALLBACK or self._last_inputs is None or not self.main.ready:
+                continue
+            t0 = time.perf_counter()
+            try:
+                await self.main.infer(self._last_inputs)
+            except RuntimeError_ as exc:
+                self._probe_lat.clear()
+                self._healthy_since = None
+                log.debug("main probe failed: %s", exc.message)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a probe must never take the router down
+                log.exception("main probe error")
+                continue
+            self._probe_lat.append(time.perf_counter() - t0)
+            self._check_recovery()
+
+    def _check_recovery(self) -> None:
+        thr = self._threshold_s()
+        n = min(len(self._probe_lat), 3)  # a few probes are enough to judge; the hold does the rest
+        if n < min(3, self._probe_lat.maxlen or 3):
+            return
+        recent = list(self._probe_lat)[-n:]
+        healthy = thr <= 0 or max(recent) < self.params["fallback_recovery_ratio"] * thr
+        now = time.monotonic()
+        if not healthy:
+            self._healthy_since = None
+            return
+        if self._healthy_since is None:
+            self._healthy_since = now
+        if now - self._healthy_since >= self.params["fallback_hold_s"]:
+            mean = 1000 * sum(recent) / len(recent)
+            self._switch(RAMP, f"main probes {mean:.0f} ms, healthy for {self.params['fallback_hold_s']:g}s")
+            self._lat.clear()
+            log.info(
+                "fallback ramp: %d%% of traffic to the main model",
+                (self.params["fallback_recovery_steps"] or [100])[0],
+            )
+
+    # ---- run-time thresholds from the mounted config file --------------------------------------------------
+    def _watch_config(self) -> None:
+        path = Path(self.settings.config_file or "")
+        last: bytes | None = None
+        while not self._stop.wait(1.0):
+            try:
+                raw = path.read_bytes()  # content, not mtime: a ConfigMap update swaps a symlink
+            except OSError:
+                continue
+            if raw == last:
+                continue
+            first = last is None
+            last = raw
+            if not first:
+                self.apply_config(raw)
+
+    def apply_config(self, raw: bytes) -> dict[str, Any]:
+        """Apply the ``fallback_*`` keys of a config file body; invalid values are logged and ignored."""
+        try:
+            doc = yaml.safe_load(raw) or {}
+            if not isinstance(doc, dict):
+                raise ValueError("not a mapping")
+            # Env beats the config file (docs/contracts.md), so env-set keys are not overridden here.
+            wanted = {
+                k: doc[k] for k in _TUNABLE if k in doc and f"PADDLE_RUNTIME_{k.upper()}" not in os.environ
+            }
+            checked = RuntimeSettings.model_validate(
+                {**self.settings.model_dump(), **wanted, "config_file": None}
+            )
+        except Exception as exc:
+            log.error("ignoring fallback thresholds from %s: %s", self.settings.config_file, exc)
+            return {}
+        changed = {k: getattr(checked, k) for k in wanted if getattr(checked, k) != self.params[k]}
+        if changed:
+            self.params.update(changed)
+            if "fallback_window" in changed:
+                self._lat = deque(self._lat, maxlen=self.params["fallback_window"])
+                self._probe_lat = deque(self._probe_lat, maxlen=self.params["fallback_window"])
+            log.info("fallback thresholds updated from %s: %s", self.settings.config_file, changed)
+        return changed
+
+    # ---- reporting ------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        steps = self.params["fallback_recovery_steps"] or [100]
+        share = {MAIN: 100, FALLBACK: 0, RAMP: steps[min(self.step, len(steps) - 1)]}[self.state]
+        mean = self._window_mean(self._lat)
+        return {
+            "state": self.state,
+            "main_share_percent": share,
+            "fallback_model": self.fallback.name,
+            "fallback_version": self.fallback.version,
+            "window_mean_ms": None if mean is None else round(1000 * mean, 2),
+            "consecutive_errors": self._consecutive_errors,
+            "switches": dict(self.switches),
+            "last_switch_reason": self.last_switch_reason,
+            "thresholds": dict(self.params),
+        }
+
+
+def load_fallback(settings: RuntimeSettings, main_engine: Any) -> Any:
+    """Build and load the fallback engine and check its contract against the main one (at start)."""
+    eng = make_engine(settings, settings.fallback_model_dir, FALLBACK)
+    eng.load()
+    check_same_contract(main_engine, eng)
+    metrics.set_model_info(eng.name, eng.version, eng.device, FALLBACK)
+    log.info("fallback model %s %s loaded (%s)", eng.name, eng.version, eng.files.path)
+    return eng
