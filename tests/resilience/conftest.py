@@ -135,3 +135,111 @@ def http_dir(tmp_path: Path) -> Iterator[Callable[[Path], ServedDir]]:
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+# ---- serving helpers -----------------------------------------------------------------------------
+
+
+def publish(src: Path, dest: Path, version: str, *, hmac_key: bytes | None = None) -> Path:
+    """Copy a model, label it ``version`` in model.yaml, sign it and fetch it into ``dest`` (switches current)."""
+    import yaml
+
+    from paddle_runtime.fetch import FetchOptions, fetch
+    from paddle_runtime.integrity import sign_model_dir
+
+    staging = dest.parent / f"publish-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    meta_p = staging / "model.yaml"
+    meta = yaml.safe_load(meta_p.read_text()) if meta_p.is_file() else {}
+    meta["version"] = version
+    meta_p.write_text(yaml.safe_dump(meta, sort_keys=False))
+    sign_model_dir(staging, hmac_key=hmac_key, version=version)
+    return fetch(str(staging), dest, FetchOptions(hmac_key=hmac_key, keep_versions=0)).path
+
+
+class Client:
+    """A keep-alive OIP v2 client sending one fixed FP32 tensor as binary data."""
+
+    def __init__(self, url: str, model: str, x, headers: dict[str, str] | None = None) -> None:
+        import http.client
+        import json
+
+        host, port = url.removeprefix("http://").split(":")
+        self._conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.model = model
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": list(x.shape),
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ]
+            }
+        ).encode()
+        self.body = head + x.tobytes()
+        self.headers = {"Inference-Header-Content-Length": str(len(head)), **(headers or {})}
+
+    def infer(self):
+        """(status, version, role, first output as ndarray or None)."""
+        import json
+
+        import numpy as np
+
+        try:
+            self._conn.request("POST", f"/v2/models/{self.model}/infer", body=self.body, headers=self.headers)
+            r = self._conn.getresponse()
+            data = r.read()
+        except OSError as exc:
+            self._conn.close()
+            return (0, None, None, repr(exc))
+        if r.status != 200:
+            return (r.status, None, None, data.decode(errors="replace"))
+        doc = json.loads(data)
+        out = doc["outputs"][0]
+        arr = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+        assert doc["parameters"]["model_role"] == r.getheader("X-Model-Role")
+        return (200, doc["model_version"], r.getheader("X-Model-Role"), arr)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def get_json(url: str, path: str, headers: dict[str, str] | None = None):
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(url + path, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` on /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def wait_until(fn, timeout: float, what: str, interval: float = 0.1):
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
