@@ -65,13 +65,6 @@ if isTrue(reconcileError) then
   return hs
 end
 
-local degraded = condition(status, "Degraded")
-if isTrue(degraded) then
-  hs.status = "Degraded"
-  hs.message = describe(degraded, "Degraded")
-  return hs
-end
-
 -- A canary of the desired tag was rolled back: the old tag still serves, the spec is not met.
 -- (RolledBack with a different tag means spec.tag was reverted to the stable one: nothing to flag.)
 local rollout = status.rollout
@@ -89,23 +82,32 @@ if rollout ~= nil and rollout.phase == "Paused" then
   hs.message = rollout.message or "Rollout paused"
   return hs
 end
-
-local ready = condition(status, "Ready")
-local progressing = condition(status, "Progressing")
-if isTrue(ready) then
-  if isTrue(progressing) then
-    hs.status = "Progressing"
-    hs.message = describe(progressing, "Rolling out")
-    return hs
-  end
-  hs.status = "Healthy"
-  hs.message = describe(ready, "Ready")
+if rollout ~= nil and (rollout.phase == "Progressing" or rollout.phase == "Promoting") then
+  hs.status = "Progressing"
+  hs.message = rollout.message or ("Rolling out " .. tostring(rollout.tag))
   return hs
 end
 
+-- A rollout or scale-up in progress is Progressing even while replicas are short (the operator then
+-- also reports Degraded=ReplicasUnavailable); a stuck one turns Progressing=False and Degraded=True.
+local progressing = condition(status, "Progressing")
 if isTrue(progressing) then
   hs.status = "Progressing"
   hs.message = describe(progressing, "Rolling out")
+  return hs
+end
+
+local degraded = condition(status, "Degraded")
+if isTrue(degraded) then
+  hs.status = "Degraded"
+  hs.message = describe(degraded, "Degraded")
+  return hs
+end
+
+local ready = condition(status, "Ready")
+if isTrue(ready) then
+  hs.status = "Healthy"
+  hs.message = describe(ready, "Ready")
   return hs
 end
 

@@ -14,6 +14,14 @@ import yaml
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "paddle-operator"
 
 
+def kube_version() -> str:
+    """The pinned Kubernetes release: helm built from source (no ldflags) assumes v1.20 otherwise,
+    which the chart's kubeVersion constraint rejects."""
+    from e2e.cluster import k8s_version
+
+    return k8s_version()
+
+
 def find_helm() -> str | None:
     """$HELM, else the pinned build in $PADDLE_SLA_CACHE/bin/<k8s version>/, else PATH."""
     if os.environ.get("HELM"):
@@ -35,11 +43,21 @@ class Chart:
     def run(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([self.helm, *args], capture_output=True, text=True, env=self.env, timeout=120)
 
-    def render(
+    def template(
         self, *args: str, release: str = "paddle-operator", namespace: str = "paddle-system"
-    ) -> list[dict]:
-        """`helm template` the chart (CRDs included); return the rendered objects."""
-        out = self.run("template", release, str(CHART_DIR), "--namespace", namespace, "--include-crds", *args)
+    ) -> subprocess.CompletedProcess:
+        """`helm template` the chart (CRDs included) for the pinned Kubernetes release."""
+        return self.run(
+            "template",
+            release,
+            str(CHART_DIR),
+            *("--namespace", namespace, "--include-crds", "--kube-version", kube_version()),
+            *args,
+        )
+
+    def render(self, *args: str, **kwargs: str) -> list[dict]:
+        """The rendered objects; fails the test with helm's message when rendering fails."""
+        out = self.template(*args, **kwargs)
         assert out.returncode == 0, f"helm template failed:\n{out.stderr}"
         return [d for d in yaml.safe_load_all(out.stdout) if d]
 

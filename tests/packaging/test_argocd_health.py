@@ -149,3 +149,76 @@ def test_application_health_snippet_reads_child_app_health():
     app = {"status": {"health": {"status": "Degraded", "message": "child failed"}}}
     assert assess(app, script) == ("Degraded", "child failed")
     assert assess({}, script)[0] == "Progressing"
+
+
+def test_scale_up_is_progressing_not_degraded():
+    # Available with 2 of 3 ready while scaling up: the operator says Degraded=ReplicasUnavailable too.
+    conds = [
+        READY,
+        cond("Progressing", "True", "RollingUpdate", "3/3 updated, 2/3 ready"),
+        cond("Degraded", "True", "ReplicasUnavailable", "only 2/3 replicas ready"),
+    ]
+    assert assess(pms(status={"observedGeneration": 2, "conditions": conds}))[0] == "Progressing"
+
+
+def test_canary_in_progress_is_progressing():
+    rollout = {"phase": "Progressing", "tag": "v2", "message": "step 1/4: 10% of traffic to canary v2"}
+    obj = pms(status={"observedGeneration": 2, "conditions": [READY], "rollout": rollout})
+    assert assess(obj) == ("Progressing", rollout["message"])
+
+
+# The same script against statuses written by the operator's own compute_status (not hand-made ones).
+MINIMAL = Path(__file__).resolve().parents[2] / "examples" / "01-minimal"
+
+
+def _operator_status(deployment: dict | None, problems: tuple = ()) -> dict[str, Any]:
+    status_mod = pytest.importorskip("paddle_operator.status")
+    from paddle_operator.spec import PaddleModelService
+
+    (doc,) = [d for f in sorted(MINIMAL.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    doc["metadata"].update(namespace="ml", uid="u-1", generation=1)
+    svc = PaddleModelService.from_body(doc)
+    obs = status_mod.Observed(deployment=deployment, problems=[status_mod.Problem(*p) for p in problems])
+    doc["status"] = status_mod.compute_status(svc, obs, None)
+    return doc
+
+
+def _deployment(
+    desired: int, ready: int, updated: int, available: bool, progressing: tuple[str, str]
+) -> dict:
+    return {
+        "metadata": {"name": "ppocr-rec", "generation": 1},
+        "spec": {"replicas": desired},
+        "status": {
+            "observedGeneration": 1,
+            "replicas": max(desired, updated),
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            "conditions": [
+                {"type": "Available", "status": "True" if available else "False"},
+                {"type": "Progressing", "status": progressing[0], "reason": progressing[1]},
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("deployment", "problems", "expected"),
+    [
+        (_deployment(2, 2, 2, True, ("True", "NewReplicaSetAvailable")), (), "Healthy"),
+        (_deployment(3, 2, 3, True, ("True", "ReplicaSetUpdated")), (), "Progressing"),
+        (_deployment(2, 0, 2, False, ("True", "ReplicaSetUpdated")), (), "Progressing"),
+        (_deployment(2, 0, 2, False, ("False", "ProgressDeadlineExceeded")), (), "Degraded"),
+        (
+            _deployment(2, 2, 2, True, ("True", "NewReplicaSetAvailable")),
+            (("SecretNotFound", 'Secret "hmac" not found'),),
+            "Degraded",
+        ),
+    ],
+    ids=["available", "scaling-up", "first-rollout", "stuck-rollout", "missing-secret"],
+)
+def test_health_of_statuses_the_operator_writes(deployment, problems, expected):
+    status, message = assess(_operator_status(deployment, problems))
+    assert status == expected, message
+    if problems:
+        assert message.startswith(problems[0][0])

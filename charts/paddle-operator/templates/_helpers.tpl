@@ -79,3 +79,8 @@ Rendered as JSON so templates can `fromJsonArray` it; duplicates removed.
 {{- define "paddle-operator.adapterRulesName" -}}
 {{- default (printf "%s-adapter-rules" (include "paddle-operator.fullname" . | trunc 49 | trimSuffix "-")) .Values.prometheusAdapter.rules.configMapName }}
 {{- end }}
+
+{{/* Name of the runtimes' ServiceMonitor. */}}
+{{- define "paddle-operator.serviceMonitorName" -}}
+{{- printf "%s-runtimes" (include "paddle-operator.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}

@@ -38,18 +38,14 @@ RBAC rules, shared by the ClusterRole (cluster-wide mode) and each Role (namespa
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .Values.rbac.gatewayApi }}
-# Canary traffic split through the Gateway API.
+# Canary traffic split through the Gateway API or Istio. Always granted: the operator prunes these
+# kinds whenever their CRDs exist, and a 403 there would fail every reconcile.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-{{- end }}
-{{- if .Values.rbac.istio }}
-# Canary traffic split through Istio.
 - apiGroups: ["networking.istio.io"]
   resources: ["virtualservices", "destinationrules"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-{{- end }}
 {{- end }}
 {{- define "paddle-operator.scanningRules" -}}
 # kopf discovers resources and namespaces at startup and follows their changes.
