@@ -1,0 +1,73 @@
+"""pytest wiring for everything under e2e/: the `e2e` marker, the session cluster, a namespace per test.
+
+Fixtures (contract in docs/contracts.md):
+- ``cluster`` (session): an ``e2e.cluster.Cluster`` with ``.kubeconfig``, ``.bin_dir``, ``.env``,
+  ``.kubectl(*args, input=None, check=True, timeout=60)``, ``.helm(...)``, ``.get(...)`` (parsed JSON).
+- ``namespace`` (function): a fresh namespace name, deleted in ``finally``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e import cluster as harness
+from e2e.util import dump_namespace, wait_for
+
+E2E_DIR = Path(__file__).resolve().parent
+_build_error: BaseException | None = None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselection, so `-m e2e` / `-m "not e2e"` see the marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries before any test starts: a cold build outlasts any per-test timeout."""
+    global _build_error
+    if session.config.option.collectonly or not any(i.get_closest_marker("e2e") for i in session.items):
+        return
+    if harness.binaries_ready():
+        return
+    try:
+        harness.build()
+    except Exception as exc:  # reported by the `cluster` fixture, so unit tests in the same run still run
+        _build_error = exc
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[harness.Cluster]:
+    if _build_error is not None:
+        pytest.fail(f"building the e2e binaries failed: {_build_error}", pytrace=False)
+    with harness.open_cluster() as c:
+        yield c
+
+
+@pytest.fixture
+def namespace(cluster: harness.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test; deleted afterwards even when the test fails."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"e2e-{stem}-{uuid.uuid4().hex[:5]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        cluster.kubectl("label", "namespace", name, "paddle-sla-e2e=true")
+        # Pods are refused until the ServiceAccount controller has created `default`.
+        wait_for(
+            lambda: (
+                cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0
+            ),
+            60,
+            f"ServiceAccount default in {name}",
+            dump=dump_namespace(cluster, name, kinds=("serviceaccounts", "events")),
+        )
+        yield name
+    finally:
+        # --wait=false: finalizers may take a while; the namespace is gone with the cluster anyway.
+        cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)

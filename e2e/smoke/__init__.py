@@ -1,0 +1,1 @@
+"""Smoke tests proving the local control plane behaves like a real cluster."""
