@@ -50,7 +50,15 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     if ci.get("watchNamespaces"):
         overrides += ["--set", f"watchNamespaces={{{namespace}}}"]
     rendered = cluster.helm(
-        "template", "pkg", str(CHART), "-n", namespace, "--skip-crds", "-f", str(values), *overrides
+        "template",
+        "pkg",
+        str(CHART),
+        "-n",
+        namespace,
+        "--skip-crds",
+        "-f",
+        str(values),
+        *overrides,
     ).stdout
     objs = [o for o in yaml.safe_load_all(rendered) if o]
     served = _served_kinds(cluster)

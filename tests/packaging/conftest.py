@@ -14,14 +14,6 @@ import yaml
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "paddle-operator"
 
 
-def kube_version() -> str:
-    """The pinned Kubernetes release: helm built from source (no ldflags) assumes v1.20 otherwise,
-    which the chart's kubeVersion constraint rejects."""
-    from e2e.cluster import k8s_version
-
-    return k8s_version()
-
-
 def find_helm() -> str | None:
     """$HELM, else the pinned build in $PADDLE_SLA_CACHE/bin/<k8s version>/, else PATH."""
     if os.environ.get("HELM"):
@@ -46,12 +38,12 @@ class Chart:
     def template(
         self, *args: str, release: str = "paddle-operator", namespace: str = "paddle-system"
     ) -> subprocess.CompletedProcess:
-        """`helm template` the chart (CRDs included) for the pinned Kubernetes release."""
+        """`helm template` the chart (CRDs included)."""
         return self.run(
             "template",
             release,
             str(CHART_DIR),
-            *("--namespace", namespace, "--include-crds", "--kube-version", kube_version()),
+            *("--namespace", namespace, "--include-crds"),
             *args,
         )
 
