@@ -140,7 +140,17 @@ def http_dir(tmp_path: Path) -> Iterator[Callable[[Path], ServedDir]]:
 # ---- serving helpers -----------------------------------------------------------------------------
 
 
-def publish(src: Path, dest: Path, version: str, *, hmac_key: bytes | None = None) -> Path:
+def free_port_here() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def publish(
+    src: Path, dest: Path, version: str, *, hmac_key: bytes | None = None, name: str | None = None
+) -> Path:
     """Copy a model, label it ``version`` in model.yaml, sign it and fetch it into ``dest`` (switches current)."""
     import yaml
 
@@ -153,6 +163,8 @@ def publish(src: Path, dest: Path, version: str, *, hmac_key: bytes | None = Non
     meta_p = staging / "model.yaml"
     meta = yaml.safe_load(meta_p.read_text()) if meta_p.is_file() else {}
     meta["version"] = version
+    if name:
+        meta.setdefault("name", name)
     meta_p.write_text(yaml.safe_dump(meta, sort_keys=False))
     sign_model_dir(staging, hmac_key=hmac_key, version=version)
     return fetch(str(staging), dest, FetchOptions(hmac_key=hmac_key, keep_versions=0)).path
