@@ -747,18 +747,21 @@ class Cluster:
     bin_dir: Path
     mode: str = "local"
     local: LocalCluster | None = None
+    # Helm's cache/config/data dirs; under the throw-away state dir so runs never touch $HOME.
+    helm_home: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
         """Environment for subprocesses: KUBECONFIG set and our binaries first on PATH."""
-        return dict(
+        env = dict(
             os.environ,
             KUBECONFIG=str(self.kubeconfig),
             PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            HELM_CACHE_HOME=str(self.kubeconfig.parent / "helm" / "cache"),
-            HELM_CONFIG_HOME=str(self.kubeconfig.parent / "helm" / "config"),
-            HELM_DATA_HOME=str(self.kubeconfig.parent / "helm" / "data"),
         )
+        if self.helm_home is not None:
+            for kind in ("CACHE", "CONFIG", "DATA"):
+                env[f"HELM_{kind}_HOME"] = str(self.helm_home / kind.lower())
+        return env
 
     def run(
         self, tool: str, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
@@ -779,7 +782,7 @@ class Cluster:
     def helm(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        """``helm ARGS`` against this cluster (text mode), with helm's dirs kept out of $HOME."""
+        """``helm ARGS`` against this cluster (text mode)."""
         return self.run("helm", *args, input=input, check=check, timeout=timeout)
 
     def get(self, *args: str) -> dict:
@@ -800,15 +803,37 @@ def _install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+SESSION_PREFIX = "paddle-sla-e2e-"
+
+
+def _sweep_stale_sessions(log: Callable[[str], None]) -> None:
+    """Remove temp dirs of test sessions that were SIGKILLed (their processes died with them).
+
+    Only dirs whose state.json lists PIDs that are all gone: a session still starting has no
+    state.json yet, and one kept with E2E_KEEP_STATE=1 lists none.
+    """
+    for d in Path(tempfile.gettempdir()).glob(f"{SESSION_PREFIX}*"):
+        try:
+            stale = LocalCluster.attach(d)
+        except (OSError, ValueError, KeyError):
+            continue
+        if stale.pids and not any(stale.alive().values()):
+            shutil.rmtree(d, ignore_errors=True)
+            log(f"removed the state dir of a killed session: {d}")
+
+
 @contextlib.contextmanager
 def _local_cluster(log: Callable[[str], None]) -> Iterator[Cluster]:
     bins = build(log=log)
     keep = os.environ.get("E2E_KEEP_STATE") == "1"
-    state = Path(tempfile.mkdtemp(prefix="paddle-sla-e2e-"))
+    _sweep_stale_sessions(log)
+    state = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX))
     local = LocalCluster(state_dir=state, bins=bins)
     try:
         local.start(log=log)
-        yield Cluster(kubeconfig=local.kubeconfig, bin_dir=bins, mode="local", local=local)
+        yield Cluster(
+            kubeconfig=local.kubeconfig, bin_dir=bins, mode="local", local=local, helm_home=state / "helm"
+        )
     finally:
         local.stop(remove=not keep)
         if keep:
@@ -833,7 +858,7 @@ def _kind_cluster(log: Callable[[str], None]) -> Iterator[Cluster]:
             stdout=sys.__stderr__,
             stderr=subprocess.STDOUT,
         )
-        c = Cluster(kubeconfig=kubeconfig, bin_dir=bins, mode="kind")
+        c = Cluster(kubeconfig=kubeconfig, bin_dir=bins, mode="kind", helm_home=state / "helm")
         # Advertise fake GPUs the documented way (PATCH node status) so GPU pods schedule in kind too.
         for node in c.kubectl("get", "nodes", "-o", "name").stdout.split():
             patch = [
