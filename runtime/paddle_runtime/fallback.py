@@ -159,6 +159,7 @@ class FallbackRouter:
         self._lat: deque[float] = deque(maxlen=self.params["fallback_window"])
         self._probe_lat: deque[float] = deque(maxlen=self.params["fallback_window"])
         self._consecutive_errors = 0
+        self._outcomes: deque[bool] = deque(maxlen=self.params["fallback_window"])  # True = error
         self._since = time.monotonic()  # when the current state (or ramp step) began
         self._healthy_since: float | None = None
         self._last_inputs: dict[str, np.ndarray] | None = None
@@ -273,6 +274,7 @@ class FallbackRouter:
 
     def _record_latency(self, seconds: float) -> None:
         self._consecutive_errors = 0
+        self._outcomes.append(False)
         self._lat.append(seconds)
         thr = self._threshold_s()
         mean = self._window_mean(self._lat)
@@ -286,8 +288,19 @@ class FallbackRouter:
 
     def _record_error(self, exc: BaseException) -> None:
         self._consecutive_errors += 1
-        if self.state != FALLBACK and self._consecutive_errors >= self.params["fallback_error_threshold"]:
+        self._outcomes.append(True)
+        if self.state == FALLBACK:
+            return
+        limit = self.params["fallback_error_threshold"]
+        if limit >= 1 and self._consecutive_errors >= limit:
             self._switch(FALLBACK, f"{self._consecutive_errors} consecutive errors on main (last: {exc})")
+        elif limit < 1 and len(self._outcomes) == self._outcomes.maxlen:
+            ratio = sum(self._outcomes) / len(self._outcomes)
+            if ratio > limit:
+                self._switch(
+                    FALLBACK,
+                    f"error ratio {ratio:.2f} over the last {len(self._outcomes)} > {limit:g} (last: {exc})",
+                )
 
     def _maybe_advance_ramp(self) -> None:
         if time.monotonic() - self._since < self.params["fallback_ramp_step_s"]:
@@ -309,6 +322,7 @@ class FallbackRouter:
         self._lat.clear()
         self._probe_lat.clear()
         self._consecutive_errors = 0
+        self._outcomes.clear()
         self.step = 0
         self.last_switch_reason = reason
         self.last_switch_at = time.time()
@@ -412,6 +426,7 @@ class FallbackRouter:
             if "fallback_window" in changed:
                 self._lat = deque(self._lat, maxlen=self.params["fallback_window"])
                 self._probe_lat = deque(self._probe_lat, maxlen=self.params["fallback_window"])
+                self._outcomes = deque(self._outcomes, maxlen=self.params["fallback_window"])
             log.info("fallback thresholds updated from %s: %s", self.settings.config_file, changed)
         return changed
 

@@ -123,12 +123,14 @@ class RuntimeSettings(BaseSettings):
     Re-read from the config file at run time, like every ``fallback_*`` threshold."""
     fallback_window: int = Field(10, ge=1)
     """Last N main-model requests whose latency is averaged for the switch decision."""
-    fallback_error_threshold: int = Field(3, ge=1)
-    """Consecutive main-model errors (engine faults, out of memory, timeouts) that switch to the fallback."""
+    fallback_error_threshold: float = Field(3, gt=0)
+    """Main-model errors (engine faults, out of memory, timeouts) that switch to the fallback:
+    >= 1 means that many consecutive errors; below 1, the error ratio over the last ``fallback_window``."""
     fallback_recovery_ratio: float = Field(0.7, gt=0, le=1)
     """Switch back only while the main model's probe latency stays below this x the threshold."""
     fallback_recovery_steps: list[int] = Field(default_factory=lambda: [10, 30, 60, 100])
-    """Ramp of the share of traffic (percent) sent back to the main model after recovery."""
+    """Ramp of the share of traffic (percent) sent back to the main model after recovery; a number N
+    instead of a list means N even steps (3 -> [33, 67, 100])."""
     fallback_hold_s: float = Field(30.0, ge=0)
     """How long the main model must look healthy (probes) before the ramp starts."""
     fallback_ramp_step_s: float = Field(10.0, ge=0)
@@ -168,6 +170,22 @@ class RuntimeSettings(BaseSettings):
 
     log_level: str = "INFO"
     """Python logging level."""
+
+    @field_validator("fallback_recovery_steps", mode="before")
+    @classmethod
+    def _ramp(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 1:
+                raise ValueError("fallback_recovery_steps needs at least one step")
+            return [round(100 * (i + 1) / v) for i in range(v)]
+        return v
+
+    @field_validator("fallback_recovery_steps")
+    @classmethod
+    def _ramp_ends_at_100(cls, v: list[int]) -> list[int]:
+        if not v or any(not 0 < p <= 100 for p in v) or v != sorted(v) or v[-1] != 100:
+            raise ValueError(f"fallback_recovery_steps must rise to 100 (percent), got {v}")
+        return v
 
     @field_validator("log_level")
     @classmethod
