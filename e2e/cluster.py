@@ -177,25 +177,31 @@ def _go_build(target: Target, out: Path, log: Callable[[str], None]) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # one group with its compile/link children, killed as a whole
     )
-    tail: list[str] = []
-    last = start = time.monotonic()
-    assert proc.stdout is not None
-    # -v names each package as it is compiled: counting them is the progress signal.
+    # -v names each package as it is compiled: the count is the progress signal.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    start = time.monotonic()
     try:
-        for compiled, line in enumerate(proc.stdout, 1):
-            tail = (tail + [line.rstrip()])[-30:]
-            if time.monotonic() - last >= 20:
-                last = time.monotonic()
-                log(f"  {target.name}: {compiled} packages compiled, {last - start:.0f}s")
+        while True:
+            try:
+                proc.wait(timeout=20)
+                break
+            except subprocess.TimeoutExpired:
+                log(f"  {target.name}: {len(lines)} packages compiled, {time.monotonic() - start:.0f}s")
     except BaseException:  # Ctrl-C or a test timeout: never leave a compiler running behind us
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         tmp.unlink(missing_ok=True)
         raise
-    if proc.wait() != 0:
+    reader.join(timeout=10)
+    if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"go build of {target.package} failed:\n" + "\n".join(tail))
+        tail = "".join(lines[-30:])
+        raise RuntimeError(f"go build of {target.package} failed (exit {proc.returncode}):\n{tail}")
     os.replace(tmp, out)
 
 
