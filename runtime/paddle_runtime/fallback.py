@@ -283,7 +283,8 @@ class FallbackRouter:
                 FALLBACK,
                 f"mean latency of the last {len(self._lat)} requests {1000 * mean:.0f} ms > {1000 * thr:.0f} ms",
             )
-        elif self.state == RAMP:
+        elif self.state == RAMP and mean is not None:
+            # Only a full window of healthy main answers moves the ramp on: no promotion on hope.
             self._maybe_advance_ramp()
 
     def _record_error(self, exc: BaseException) -> None:
