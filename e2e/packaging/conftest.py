@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import Cluster
+from e2e.util import dump_objects, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "paddle-operator"
@@ -17,5 +18,16 @@ CRD_NAME = "paddlemodelservices.serving.paddlesla.io"
 def crds(cluster: Cluster) -> str:
     """`kubectl apply --server-side -f crds/` (as the install docs say), then wait for Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s", timeout=90)
+    # Polled rather than `kubectl wait`, which errors while the new CRD has no conditions yet.
+    wait_for(
+        lambda: _established(cluster),
+        60,
+        f"CRD {CRD_NAME} Established",
+        dump=dump_objects(cluster, "crd", CRD_NAME),
+    )
     return CRD_NAME
+
+
+def _established(cluster: Cluster) -> bool:
+    conditions = cluster.get("crd", CRD_NAME).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)

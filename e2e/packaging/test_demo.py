@@ -1,0 +1,32 @@
+"""The README's main command, `python -m e2e.demo`, run against the session cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from e2e.cluster import Cluster
+
+from .conftest import ROOT
+
+
+@pytest.mark.slow
+def test_quickstart_demo_ends_ready_with_a_real_ocr_answer(cluster: Cluster, namespace: str):
+    pytest.importorskip("paddle")
+    env = dict(os.environ, E2E_KUBECONFIG=str(cluster.kubeconfig))
+    proc = subprocess.run(
+        [sys.executable, "-m", "e2e.demo", "--namespace", namespace],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    table = proc.stdout.split("==> kubectl get pms", 1)[1]
+    header, row = table.strip().splitlines()[:2]
+    assert header.split()[:2] == ["NAME", "READY"] and row.split()[:2] == ["ppocr-rec", "True"]
+    assert "answer: 'PaddleSLA 2026'" in proc.stdout
