@@ -836,7 +836,12 @@ def _local_cluster(log: Callable[[str], None]) -> Iterator[Cluster]:
     state = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX))
     local = LocalCluster(state_dir=state, bins=bins)
     try:
-        local.start(log=log)
+        try:
+            local.start(log=log)
+        except ClusterStartError as exc:
+            # Free ports are picked before the components bind them; another process can win the race.
+            log(f"cluster start failed, retrying once with fresh ports: {str(exc)[:2000]}")
+            local.start(log=log)
         yield Cluster(
             kubeconfig=local.kubeconfig, bin_dir=bins, mode="local", local=local, helm_home=state / "helm"
         )
