@@ -82,3 +82,40 @@ def test_everything_copied_exists_and_is_in_the_build_context(dockerfile: Path):
             for f in files:
                 rel = str(f.relative_to(ROOT))
                 assert not _ignored(rel, patterns), f"{rel} is excluded from the build context"
+
+
+RUNTIME_DOCKERFILE = ROOT / "runtime" / "Dockerfile"
+
+
+@pytest.fixture
+def runtime_dockerfile() -> Path:
+    if not RUNTIME_DOCKERFILE.exists():
+        pytest.skip("runtime/Dockerfile not written yet (runtime issue)")
+    return RUNTIME_DOCKERFILE
+
+
+def test_runtime_image_runs_as_the_uid_the_operator_sets(runtime_dockerfile: Path):
+    from paddle_operator.builders.deployment import RUN_AS
+
+    final = _final_stage(_instructions(runtime_dockerfile))
+    users = [args.split(":")[0] for word, args in final if word == "USER"]
+    assert users and users[-1] == str(RUN_AS), f"pods run as {RUN_AS}; the image's USER is {users}"
+
+
+def test_runtime_image_holds_the_models_file_uris_point_at(runtime_dockerfile: Path):
+    """examples/*/ with a file:// model URI need that path inside the runtime image."""
+    text = runtime_dockerfile.read_text()
+    for manifest in sorted((ROOT / "examples").glob("[0-9][0-9]-*/*.yaml")):
+        for doc in yaml.safe_load_all(manifest.read_text()):
+            if not doc or doc.get("kind") != "PaddleModelService":
+                continue
+            uris = [doc["spec"]["model"]["uri"], (doc["spec"].get("fallback") or {}).get("uri", "")]
+            for uri in uris:
+                if uri.startswith("file://"):
+                    parent = str(Path(uri.removeprefix("file://")).parent)
+                    assert parent in text, f"{manifest.relative_to(ROOT)}: {uri} is not put into the image"
+
+
+@pytest.mark.parametrize("dockerfile", [RUNTIME_DOCKERFILE], ids=["runtime/Dockerfile"])
+def test_runtime_dockerfile_copies_only_what_exists(runtime_dockerfile: Path, dockerfile: Path):
+    test_everything_copied_exists_and_is_in_the_build_context(dockerfile)
