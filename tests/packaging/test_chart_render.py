@@ -251,3 +251,21 @@ def test_chart_rbac_covers_every_call_the_operator_code_makes(chart):
             for k, verbs in _grants(role).items():
                 grants.setdefault(k, set()).update(verbs)
         _assert_covers(grants, needs, f"RBAC with {values}")
+
+
+def test_service_monitor_gives_the_labels_the_operator_queries(chart):
+    pytest.importorskip("kopf")
+    from paddle_operator import promql
+    from paddle_operator.spec import LABEL_SERVICE, LABEL_TRACK
+
+    (monitor,) = _by_kind(chart.render("--set", "serviceMonitor.enabled=true"), "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+
+    def meta(label: str) -> str:  # how Prometheus exposes a pod label to relabelling
+        return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in label)
+
+    targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert targets[promql.LABEL_SERVICE] == [meta(LABEL_SERVICE)]
+    assert targets[promql.LABEL_TRACK] == [meta(LABEL_TRACK)]
+    # Only the main Service: the per-track router Services select the same pods.
+    assert {"key": LABEL_TRACK, "operator": "DoesNotExist"} in monitor["spec"]["selector"]["matchExpressions"]
