@@ -61,6 +61,19 @@ class ModelRejected(RuntimeError_):
         self.kind = kind
 
 
+# Nice value for reload work (candidate build, warm-up, the child check): on a CPU-bound pod the
+# serving threads must win the CPU while a candidate loads, or every reload is a latency spike.
+_BACKGROUND_NICE = 10
+
+
+def _background_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: nice is per thread; new threads inherit it)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
+    except (OSError, AttributeError):
+        pass  # not Linux, or not permitted: reloads still work, just at normal priority
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -122,7 +135,9 @@ def probe_in_child(model_dir: Path, settings: RuntimeSettings, timeout_s: float)
     cmd = [sys.executable, "-m", "paddle_runtime.reload", "--probe"]
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout_s, preexec_fn=_background_priority
+        )
     except subprocess.TimeoutExpired:
         raise ModelRejected(
             "probe", f"checking {model_dir} in a child process took over {timeout_s:.0f}s"
@@ -242,6 +257,7 @@ class ReloadManager:
         self._wake.set()
 
     def _loop(self) -> None:
+        _background_priority()
         poll = self.settings.reload_poll_s
         while not self._stop.is_set():
             self._wake.wait(poll if poll > 0 else None)
@@ -522,7 +538,12 @@ async def attach_resilience(settings: RuntimeSettings, app: Any, batcher: Any) -
     app.version_info = _LiveInfo(info)
     admin = None
     if settings.admin_port:
-        admin = AdminServer(settings, info, lambda: manager.reload(force=True))
+
+        def admin_reload() -> dict[str, Any]:
+            _background_priority()  # a thread per admin request: lowering it affects nothing else
+            return manager.reload(force=True)
+
+        admin = AdminServer(settings, info, admin_reload)
         admin.start()
 
     async def cleanup() -> None:
