@@ -64,8 +64,8 @@ def build_config(files: ModelFiles, s: RuntimeSettings, *, memory_optim: bool | 
         prec = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half, "int8": pi.PrecisionType.Int8}[
             s.precision
         ]
-        cfg.enable_use_gpu(s.gpu_mem_mb, s.device_id)
         if s.tensorrt:
+            cfg.enable_use_gpu(s.gpu_mem_mb, s.device_id)
             cache = s.trt_cache_dir or str(files.path / "_opt_cache")
             Path(cache).mkdir(parents=True, exist_ok=True)
             cfg.set_optim_cache_dir(cache)
@@ -80,9 +80,9 @@ def build_config(files: ModelFiles, s: RuntimeSettings, *, memory_optim: bool | 
             dyn = _trt_dynamic_shapes(files, s)
             if dyn:
                 cfg.set_trt_dynamic_shape_info(*dyn)
-        elif s.precision == "fp16":
-            # Without TensorRT, fp16 means Paddle's own mixed-precision GPU kernels.
-            cfg.exp_enable_mixed_precision_ops({})  # type: ignore[arg-type]
+        else:
+            # Without TensorRT, fp16/int8 select Paddle's own reduced-precision GPU kernels.
+            cfg.enable_use_gpu(s.gpu_mem_mb, s.device_id, prec)
     elif s.device in ("npu", "xpu"):
         cfg.enable_custom_device(s.device, s.device_id)
     else:

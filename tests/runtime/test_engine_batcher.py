@@ -196,3 +196,22 @@ def test_engine_swap_mid_stream_never_mixes_versions(reference: Any, export_mode
     for x, r in zip(xs, results, strict=True):
         want = reference(refs[r.model_version], {"x": x})["fetch_name_0"]
         np.testing.assert_allclose(r.outputs["fetch_name_0"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_config_follows_cpu_settings(mobilenet_v3_dir: Path) -> None:
+    files = load_model_files(mobilenet_v3_dir)
+    cfg = build_config(files, RuntimeSettings(model_dir=str(mobilenet_v3_dir), mkldnn=False, cpu_threads=3, ir_optim=False))
+    assert (cfg.use_gpu(), cfg.mkldnn_enabled(), cfg.ir_optim(), cfg.cpu_math_library_num_threads()) == (False, False, False, 3)
+    cfg = build_config(files, RuntimeSettings(model_dir=str(mobilenet_v3_dir)))
+    assert (cfg.mkldnn_enabled(), cfg.ir_optim(), cfg.cpu_math_library_num_threads()) == (True, True, 1)
+
+
+@pytest.mark.gpu
+def test_gpu_config_uses_device_and_pool(mobilenet_v3_dir: Path) -> None:
+    import paddle
+
+    if not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() == 0:
+        pytest.skip("needs the GPU build of Paddle and an NVIDIA GPU")
+    cfg = build_config(load_model_files(mobilenet_v3_dir),
+                       RuntimeSettings(model_dir=str(mobilenet_v3_dir), device="gpu", device_id=0, gpu_mem_mb=256))
+    assert cfg.use_gpu() and cfg.gpu_device_id() == 0 and cfg.memory_pool_init_size_mb() == 256
