@@ -94,12 +94,20 @@ def runtime_dockerfile() -> Path:
     return RUNTIME_DOCKERFILE
 
 
-def test_runtime_image_runs_as_the_uid_the_operator_sets(runtime_dockerfile: Path):
-    from paddle_operator.builders.deployment import RUN_AS
+def test_runtime_image_fits_the_pod_the_operator_builds(runtime_dockerfile: Path):
+    from paddle_operator.spec import MODEL_ROOT, RUNTIME_PORT
 
     final = _final_stage(_instructions(runtime_dockerfile))
     users = [args.split(":")[0] for word, args in final if word == "USER"]
-    assert users and users[-1] == str(RUN_AS), f"pods run as {RUN_AS}; the image's USER is {users}"
+    # The pod sets runAsUser itself; the image must still be non-root by number for runAsNonRoot.
+    assert users and users[-1].isdigit() and users[-1] != "0", f"USER {users}"
+    assert str(RUNTIME_PORT) in [args for word, args in final if word == "EXPOSE"]
+    # The operator runs `paddle-runtime` by name and mounts the model volume at MODEL_ROOT.
+    env = " ".join(args for word, args in final if word == "ENV")
+    assert "/opt/venv/bin" in env or any(
+        "paddle-runtime" in args for word, args in final if word == "ENTRYPOINT"
+    )
+    assert MODEL_ROOT in runtime_dockerfile.read_text()
 
 
 def test_runtime_image_holds_the_models_file_uris_point_at(runtime_dockerfile: Path):
