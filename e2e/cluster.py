@@ -250,7 +250,12 @@ def _write_pki(pki: Path) -> None:
 
     ECDSA P-256 throughout: generated in milliseconds and accepted by every component.
     """
-    from cryptography import x509
+    try:
+        from cryptography import x509
+    except ImportError as exc:  # installed by the [signing] extra, which `make setup` includes
+        raise ClusterStartError(
+            "the local cluster needs the `cryptography` package: pip install cryptography"
+        ) from exc
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -276,33 +281,38 @@ def _write_pki(pki: Path) -> None:
             attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
         return x509.Name(attrs)
 
-    ca_key = key()
-    ca_name = name("paddle-sla-local-ca")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(later)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+    def make_ca(filename: str, cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
+        k, subject = key(), name(cn)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(later)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(k, hashes.SHA256())
         )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    save_key(ca_key, "ca.key")
+        (pki / f"{filename}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        save_key(k, f"{filename}.key")
+        return k, subject
 
     def leaf(
-        filename: str, subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+        filename: str,
+        subject: x509.Name,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName],
+        ca: tuple[ec.EllipticCurvePrivateKey, x509.Name],
     ) -> None:
         k = key()
         b = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(ca_name)
+            .issuer_name(ca[1])
             .public_key(k.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now)
@@ -313,9 +323,17 @@ def _write_pki(pki: Path) -> None:
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         (pki / f"{filename}.crt").write_bytes(
-            b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+            b.sign(ca[0], hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
         )
         save_key(k, f"{filename}.key")
+
+    ca = make_ca("ca", "paddle-sla-local-ca")
+    # The front-proxy pair is what kubeadm sets up for the aggregation layer; with it the
+    # controller-manager and scheduler find the requestheader CA they look for and stay quiet.
+    front_proxy_ca = make_ca("front-proxy-ca", "paddle-sla-local-front-proxy-ca")
+    leaf(
+        "front-proxy-client", name("front-proxy-client"), ExtendedKeyUsageOID.CLIENT_AUTH, [], front_proxy_ca
+    )
 
     import ipaddress
 
@@ -332,8 +350,9 @@ def _write_pki(pki: Path) -> None:
         ExtendedKeyUsageOID.SERVER_AUTH,
         [x509.DNSName(d) for d in dns]
         + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)],
+        ca,
     )
-    leaf("admin", name("kubernetes-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    leaf("admin", name("kubernetes-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [], ca)
 
     sa = key()
     save_key(sa, "sa.key")
@@ -534,6 +553,11 @@ class LocalCluster:
             data = resp.read()
         return json.loads(data) if data[:1] in (b"{", b"[") else {"raw": data.decode()}
 
+    @staticmethod
+    def _etcd_healthy(url: str) -> bool:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+            return json.loads(resp.read()).get("health") == "true"
+
     def _healthy(self, component: str, path: str) -> bool:
         verify = component == "kube-apiserver"
         url = f"https://127.0.0.1:{self.ports[component]}{path}"
@@ -575,6 +599,7 @@ class LocalCluster:
                     "--log-level=warn",
                 ],
             )
+            self._wait("etcd /health", lambda: self._etcd_healthy(etcd_url), timeout, "etcd")
             self._spawn(
                 "kube-apiserver",
                 [
@@ -592,6 +617,13 @@ class LocalCluster:
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
                     "--authorization-mode=Node,RBAC",  # real RBAC: the operator's ClusterRole is exercised
                     "--allow-privileged=true",
+                    f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                    "--requestheader-allowed-names=front-proxy-client",
+                    "--requestheader-username-headers=X-Remote-User",
+                    "--requestheader-group-headers=X-Remote-Group",
+                    "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                    f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                    f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                     "--profiling=false",
                     "--v=1",
                 ],
