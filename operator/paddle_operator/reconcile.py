@@ -212,7 +212,10 @@ def on_child_event(
     if not any(o.get("uid") == svc.uid for o in owners):
         return False, False
     old_status = dict(pms_body.get("status") or {})
-    problems = carried_problems(svc, old_status)
+    # The watch-fed body can lag our own last write (e.g. the write that cleared a ReconcileError):
+    # judge carried problems by the newer of the two, or a stale error would be written back.
+    last = _last_written.get((svc.namespace, svc.name, svc.uid))
+    problems = carried_problems(svc, last if last is not None else old_status)
     desired = {child_key(c): c for c in plan(svc)} if not problems else {}
     want = desired.get((api_version, kind, name))
     restored = False

@@ -38,8 +38,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for plural in CHILD_KINDS:
         settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     settings.execution.max_workers = MAX_WORKERS
-    # Events are for people: only warnings and the explicit kopf.info() calls, not every log line.
-    settings.posting.level = logging.WARNING
+    # Events are for people: the explicit kopf.info()/kopf.warn() calls, not every handler log line.
+    settings.posting.level = logging.INFO
+    settings.posting.loggers = False
     settings.posting.reporting_component = "paddle-sla-operator"
     # One replica, no peering: peering is not leader election, and a second replica would not help.
     settings.peering.standalone = True
