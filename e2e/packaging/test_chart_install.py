@@ -15,8 +15,6 @@ from e2e.util import dump_namespace, wait_for
 from .conftest import CHART
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-# Kinds whose API comes from an add-on (Prometheus Operator) the local control plane does not run.
-ADDON_KINDS = {"ServiceMonitor"}
 
 
 def _served_kinds(cluster: Cluster) -> set[str]:
@@ -41,7 +39,7 @@ def test_helm_lint_passes_for_defaults_and_every_ci_scenario(cluster: Cluster):
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
 def test_rendered_chart_is_accepted_by_the_api_server(
-    cluster: Cluster, namespace: str, crds: str, values: Path
+    cluster: Cluster, namespace: str, crds: str, servicemonitor_crd: None, values: Path
 ):
     """`helm template -f ci/<scenario>` then a server-side dry-run of every object (schemas, RBAC refs)."""
     ci = yaml.safe_load(values.read_text()) or {}
@@ -62,13 +60,10 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     ).stdout
     objs = [o for o in yaml.safe_load_all(rendered) if o]
     served = _served_kinds(cluster)
-    skipped = {o["kind"] for o in objs if o["kind"] not in served}
-    assert skipped <= ADDON_KINDS, f"chart renders kinds the API server does not know: {skipped}"
-    applicable = [o for o in objs if o["kind"] in served]
-    assert applicable
-    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": applicable})
+    assert {o["kind"] for o in objs} <= served, "the chart renders kinds the API server does not know"
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
     out = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=doc)
-    assert out.stdout.count("(server dry run)") == len(applicable), out.stdout
+    assert out.stdout.count("(server dry run)") == len(objs), out.stdout
 
 
 def _release_objects(cluster: Cluster, release: str, namespace: str) -> list[str]:
