@@ -17,11 +17,17 @@ from typing import Any
 
 import kopf
 
+from . import canary
 from . import reconcile as rc
 from .kube import Kube, KubeError
 from .spec import GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
+
+# Canary rollouts (canary.py): the plan builds both tracks and the router from status.rollout, and the
+# router kinds are pruned like any other child (listing a kind whose CRD is absent finds nothing).
+rc.plan = canary.plan
+rc.MANAGED_KINDS.extend(k for k in canary.ROUTER_KINDS if k not in rc.MANAGED_KINDS)
 
 # Exponential retry for a spec that cannot work yet: 10 s, 20 s, 40 s ... capped at 5 minutes, so a
 # Secret created later is picked up soon without hot-looping the API server meanwhile.
@@ -69,7 +75,7 @@ def pms_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tupl
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=None)
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=None)
 @kopf.on.update(GROUP, VERSION, PLURAL, retries=None)
-def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> dict[str, Any]:
+def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
     plain = _plain(body)
     before = _ready(plain["status"])
     try:
@@ -88,13 +94,30 @@ def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any)
         kopf.info(body, reason="Ready", message=f"serving at {result.svc.url}")
     if result.pruned:
         logger.info("pruned %s", ", ".join(result.pruned))
-    return {"applied": len(result.applied)}
+    # Nothing returned: kopf would store a result under status.<handler>, which our schema prunes.
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def pms_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
     """Forget per-object memory; ``optional`` means no finalizer is added for this handler."""
     rc.forget(namespace, name, uid)
+    canary.forget(namespace, name, uid)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=canary.TICK_S, initial_delay=1.0, id="rollout")
+def pms_rollout(body: kopf.Body, **_: Any) -> None:
+    """Advance the canary (analysis only every spec.rollout.intervalSeconds) and refresh status.sla."""
+    plain = _plain(body)
+    if plain["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        result = canary.tick(kube(), plain)
+        canary.evaluate_sla(kube(), plain)
+    except KubeError as e:
+        raise kopf.TemporaryError(str(e), delay=canary.TICK_S) from e
+    for ev in result.events:
+        # Events carry the measured figures; status.rollout is the durable record.
+        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
 
 
 def child_event(

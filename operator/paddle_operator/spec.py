@@ -241,6 +241,9 @@ class PaddleModelService(_Model):
     uid: str
     generation: int = 0
     spec: ServiceSpec
+    # Read-only copy of ``status``: the rollout's plan needs status.stableTag / status.rollout, because a
+    # tag change alone must not move the stable Deployment (canary.py).
+    status: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Any) -> PaddleModelService:
@@ -252,6 +255,7 @@ class PaddleModelService(_Model):
             uid=meta.get("uid", ""),
             generation=meta.get("generation") or 0,
             spec=ServiceSpec.model_validate(dict(body.get("spec") or {})),
+            status=dict(body.get("status") or {}),
         )
 
     # Names of children (docs/contracts.md).

@@ -102,6 +102,14 @@ def warnings_for(svc: PaddleModelService, obs: Observed) -> list[str]:
     return out
 
 
+def _deployment_tag(dep: dict[str, Any] | None) -> str | None:
+    for c in ((((dep or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
+        image = c.get("image") or ""
+        if ":" in image.rsplit("/", 1)[-1]:
+            return image.rsplit(":", 1)[1]
+    return None
+
+
 def compute_status(
     svc: PaddleModelService,
     obs: Observed,
@@ -181,14 +189,17 @@ def compute_status(
         "readyReplicas": ready_replicas,
         "replicaSummary": f"{ready_replicas}/{desired}",
         "selector": f"{LABEL_SERVICE}={svc.name}",
-        "tag": svc.spec.tag,
+        # What stable runs, read from its Deployment: during a canary spec.tag is the candidate, not this.
+        "tag": _deployment_tag(dep) or old_status.get("stableTag") or svc.spec.tag,
         "modelVersion": svc.spec.model.version or "unversioned",
         "url": svc.url,
         "fallback": old_status.get("fallback") if old_status.get("fallback") == "Active" else
         ("Armed" if svc.spec.fallback is not None else "Off"),
         "warnings": warnings_for(svc, obs),
     }
-    if available and not obs.problems and not rolling:
+    if available and not obs.problems and not rolling and not old_status.get("stableTag"):
+        # First rollout only: from then on the rollout controller (canary.py) owns stableTag and moves
+        # it on promotion.
         status["stableTag"] = svc.spec.tag
     old_sla = old_status.get("sla") or {}
     target = svc.spec.sla.latency_p99_ms if svc.spec.sla is not None else None
