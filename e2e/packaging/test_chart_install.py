@@ -85,7 +85,9 @@ def test_helm_install_then_uninstall_leaves_nothing_behind(
     if mode == "namespaced":
         args += ["--set", f"watchNamespaces={{{namespace}}}"]
     try:
-        cluster.helm(*args, timeout=180)
+        notes = cluster.helm(*args, timeout=180).stdout.split("NOTES:", 1)[1]
+        watching = "every namespace" if mode == "cluster-wide" else f"only: {namespace}."
+        assert watching in notes and f"rollout status deployment/{release}-paddle-operator" in notes, notes
         deploy = cluster.get("deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
         (item,) = deploy["items"]
         assert item["status"].get("availableReplicas") == 1
