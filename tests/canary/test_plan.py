@@ -1,0 +1,130 @@
+"""The track-aware plan: which children a rollout's shape produces (no cluster needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from paddle_operator import canary
+from paddle_operator.spec import PaddleModelService
+
+
+def body(tag="v2", status=None, router="Service", replicas=4, autoscaling=None, **rollout):
+    spec = {
+        "tag": tag,
+        "replicas": replicas,
+        "model": {"uri": "file:///models/m"},
+        "sla": {"latencyP99Ms": 100, "availability": "99.9"},
+        "rollout": {"router": {"type": router}, **rollout},
+    }
+    if autoscaling:
+        spec["autoscaling"] = autoscaling
+    return {
+        "metadata": {"name": "ocr", "namespace": "prod", "uid": "u-1", "generation": 3},
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+def kinds(children):
+    return {(c["kind"], c["metadata"]["name"]): c for c in children}
+
+
+def tag_of(dep):
+    return dep["spec"]["template"]["spec"]["containers"][0]["image"].rsplit(":", 1)[1]
+
+
+@pytest.fixture(autouse=True)
+def no_memory():
+    canary._memory.clear()
+    yield
+    canary._memory.clear()
+
+
+def progressing(weight=30, step=2, tag="v2"):
+    return {
+        "stableTag": "v1",
+        "rollout": {"phase": "Progressing", "tag": tag, "step": step, "weight": weight},
+    }
+
+
+def test_tag_change_alone_keeps_stable_on_the_stable_tag():
+    svc = PaddleModelService.from_body(body(status={"stableTag": "v1"}))
+    out = kinds(canary.plan(svc))
+    assert tag_of(out[("Deployment", "ocr")]) == "v1"
+    assert ("Deployment", "ocr-canary") not in out
+
+
+def test_first_creation_uses_spec_tag():
+    out = kinds(canary.plan(PaddleModelService.from_body(body(tag="v1"))))
+    assert tag_of(out[("Deployment", "ocr")]) == "v1"
+
+
+def test_no_mesh_splits_replicas_by_weight_and_keeps_the_floor():
+    out = kinds(canary.plan(PaddleModelService.from_body(body(status=progressing(30)))))
+    stable, can = out[("Deployment", "ocr")], out[("Deployment", "ocr-canary")]
+    assert tag_of(stable) == "v1" and tag_of(can) == "v2"
+    assert (stable["spec"]["replicas"], can["spec"]["replicas"]) == (3, 2)
+    # One Service over both tracks, no per-track Services, no router objects.
+    assert out[("Service", "ocr")]["spec"]["selector"] == {"serving.paddlesla.io/service": "ocr"}
+    assert ("Service", "ocr-canary") not in out and ("HTTPRoute", "ocr") not in out
+
+
+def test_gateway_router_weights_and_canary_sized_for_the_next_step():
+    status = progressing(30, step=2)
+    out = kinds(canary.plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
+    refs = out[("HTTPRoute", "ocr")]["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"]) for r in refs] == [("ocr-stable", 70), ("ocr-canary", 30)]
+    assert out[("Deployment", "ocr")]["spec"]["replicas"] == 4
+    # Next step is 60 %: ceil(4 * 0.6) = 3 canary pods, ready before the weight moves.
+    assert out[("Deployment", "ocr-canary")]["spec"]["replicas"] == 3
+    assert ("Service", "ocr-stable") in out and ("Service", "ocr-canary") in out
+    assert out[("HTTPRoute", "ocr")]["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_istio_router():
+    out = kinds(canary.plan(PaddleModelService.from_body(body(status=progressing(10, 1), router="Istio"))))
+    route = out[("VirtualService", "ocr")]["spec"]["http"][0]["route"]
+    assert [(d["destination"]["subset"], d["weight"]) for d in route] == [("stable", 90), ("canary", 10)]
+    assert ("DestinationRule", "ocr") in out
+
+
+def test_rolled_back_canary_is_scaled_to_zero_and_routes_nothing():
+    status = {"stableTag": "v1", "rollout": {"phase": "RolledBack", "tag": "v2", "weight": 0}}
+    out = kinds(canary.plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
+    assert out[("Deployment", "ocr-canary")]["spec"]["replicas"] == 0
+    refs = out[("HTTPRoute", "ocr")]["spec"]["rules"][0]["backendRefs"]
+    assert [r["name"] for r in refs] == ["ocr-stable"]
+
+
+def test_promoting_rolls_stable_to_the_new_tag_while_canary_carries_traffic():
+    status = {"stableTag": "v1", "rollout": {"phase": "Promoting", "tag": "v2", "step": 4, "weight": 100}}
+    out = kinds(canary.plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
+    assert tag_of(out[("Deployment", "ocr")]) == "v2"
+    assert out[("Deployment", "ocr")]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    refs = out[("HTTPRoute", "ocr")]["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"]) for r in refs] == [("ocr-stable", 0), ("ocr-canary", 100)]
+
+
+def test_hpas_are_sized_to_traffic_share():
+    auto = {"minReplicas": 2, "maxReplicas": 10, "targetQPSPerReplica": 20}
+    out = kinds(canary.plan(PaddleModelService.from_body(body(status=progressing(30), autoscaling=auto))))
+    stable, can = out[("HorizontalPodAutoscaler", "ocr")], out[("HorizontalPodAutoscaler", "ocr-canary")]
+    assert (stable["spec"]["minReplicas"], stable["spec"]["maxReplicas"]) == (2, 7)
+    # Canary sized for its next step (60 %): 2 .. 6.
+    assert (can["spec"]["minReplicas"], can["spec"]["maxReplicas"]) == (2, 6)
+    assert can["spec"]["scaleTargetRef"]["name"] == "ocr-canary"
+    assert "replicas" not in out[("Deployment", "ocr-canary")]["spec"], "left to the HPA"
+
+
+def test_policy_thresholds_come_from_the_sla_unless_explicit():
+    svc = PaddleModelService.from_body(body())
+    p = canary.policy_for(svc)
+    assert p.max_latency_p99_ms == 100 and p.max_error_rate == pytest.approx(0.001)
+    svc = PaddleModelService.from_body(body(analysis={"maxLatencyP99Ms": 50, "maxErrorRate": 0.05}))
+    p = canary.policy_for(svc)
+    assert p.max_latency_p99_ms == 50 and p.max_error_rate == 0.05
+
+
+def test_replica_floor_follows_the_pdb():
+    svc = PaddleModelService.from_body(body())
+    assert canary.replica_floor(svc, 4) == 3  # 99.9 %: one pod may be unavailable
