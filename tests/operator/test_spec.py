@@ -51,7 +51,7 @@ def test_subresources_and_printer_columns(crd: dict[str, Any]) -> None:
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert "status" in version["subresources"]
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Tag", "Replicas", "Model", "P99/Target", "Fallback", "Age"]
+    assert columns == ["Ready", "Tag", "Replicas", "Model", "P99/Target", "Fallback", "Rollout", "Canary%", "Age"]
 
 
 def _pydantic_default(model: type[BaseModel], alias: str) -> tuple[bool, Any, type[BaseModel] | None]:
