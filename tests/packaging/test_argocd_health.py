@@ -12,7 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-lupa = pytest.importorskip("lupa")
+pytest.importorskip("lupa")
+try:  # Argo CD runs health scripts in gopher-lua, a Lua 5.1: test with the same language version.
+    import lupa.lua51 as lupa
+except ImportError:  # pragma: no cover - lupa builds without the bundled 5.1
+    import lupa
 
 ARGOCD = Path(__file__).resolve().parents[2] / "examples" / "argocd"
 HEALTH_LUA = ARGOCD / "health.lua"
@@ -135,6 +139,10 @@ def test_paused_rollout_is_suspended():
     rollout = {"phase": "Paused", "tag": "v2", "message": "paused by spec.rollout.paused at step 1/4"}
     obj = pms(status={"observedGeneration": 2, "conditions": [READY], "rollout": rollout})
     assert assess(obj) == ("Suspended", rollout["message"])
+
+
+def test_runs_as_lua_5_1_like_argo_cd():
+    assert lupa.LuaRuntime().lua_version == (5, 1)
 
 
 def test_argocd_cm_snippet_is_the_tested_script():
