@@ -64,14 +64,35 @@ class ModelRejected(RuntimeError_):
 # Nice value for reload work (candidate build, warm-up, the child check): on a CPU-bound pod the
 # serving threads must win the CPU while a candidate loads, or every reload is a latency spike.
 _BACKGROUND_NICE = 10
+# The child check is a whole process (interpreter start, paddle import, load, one run): at nice 10 it
+# got ~10 % of a saturated core and took 20 s; at 5 (~25 %) it stays a few seconds.
+_CHILD_NICE = 5
 
 
-def _background_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux: nice is per thread; new threads inherit it)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
-    except (OSError, AttributeError):
-        pass  # not Linux, or not permitted: reloads still work, just at normal priority
+def _low_priority_call(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a fresh thread at nice ``_BACKGROUND_NICE`` and return its result (or raise).
+
+    Linux nice is per thread and cannot be lowered back without privilege, hence a throw-away
+    thread; Paddle's own threads started inside inherit the low priority.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
+        except (OSError, AttributeError):
+            pass  # not Linux, or not permitted: the reload still works, at normal priority
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="reload-build", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _now() -> str:
@@ -135,9 +156,7 @@ def probe_in_child(model_dir: Path, settings: RuntimeSettings, timeout_s: float)
     cmd = [sys.executable, "-m", "paddle_runtime.reload", "--probe"]
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout_s, preexec_fn=_background_priority
-        )
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise ModelRejected(
             "probe", f"checking {model_dir} in a child process took over {timeout_s:.0f}s"
@@ -166,6 +185,10 @@ def probe_in_child(model_dir: Path, settings: RuntimeSettings, timeout_s: float)
 
 def _probe_main() -> int:
     """Child side of :func:`probe_in_child`."""
+    try:  # the child lowers its own priority (always allowed; preexec_fn is unsafe with threads)
+        os.setpriority(os.PRIO_PROCESS, 0, _CHILD_NICE)
+    except (OSError, AttributeError):
+        pass
     from .engine import PaddleEngine
 
     cfg = json.loads(os.environ[_PROBE_ENV])
@@ -257,7 +280,6 @@ class ReloadManager:
         self._wake.set()
 
     def _loop(self) -> None:
-        _background_priority()
         poll = self.settings.reload_poll_s
         while not self._stop.is_set():
             self._wake.wait(poll if poll > 0 else None)
@@ -301,7 +323,7 @@ class ReloadManager:
             s = self.settings.model_copy(update={"model_name": self.handle.name})
             try:
                 eng = self.engine_factory(s, str(target), "main")
-                eng.load()
+                _low_priority_call(eng.load)
             except ModelLoadError as exc:
                 raise ModelRejected("load", str(exc)) from exc
             diff = contract_difference(old.inputs, eng.inputs)
@@ -538,12 +560,7 @@ async def attach_resilience(settings: RuntimeSettings, app: Any, batcher: Any) -
     app.version_info = _LiveInfo(info)
     admin = None
     if settings.admin_port:
-
-        def admin_reload() -> dict[str, Any]:
-            _background_priority()  # a thread per admin request: lowering it affects nothing else
-            return manager.reload(force=True)
-
-        admin = AdminServer(settings, info, admin_reload)
+        admin = AdminServer(settings, info, lambda: manager.reload(force=True))
         admin.start()
 
     async def cleanup() -> None:
