@@ -450,7 +450,14 @@ class FallbackRouter:
 
 
 def load_fallback(settings: RuntimeSettings, main_engine: Any) -> Any:
-    """Build and load the fallback engine and check its contract against the main one (at start)."""
+    """Verify, build and load the fallback engine and check its contract against the main one (at start)."""
+    from .integrity import IntegrityError
+    from .reload import verify_for_start
+
+    try:  # the fallback is served to users too: the same keys guard it
+        verify_for_start(settings, settings.fallback_model_dir)
+    except IntegrityError as exc:
+        raise ModelLoadError(f"fallback model refused: {exc.kind}: {exc}") from exc
     eng = make_engine(settings, settings.fallback_model_dir, FALLBACK)
     eng.load()
     check_same_contract(main_engine, eng)

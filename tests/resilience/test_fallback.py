@@ -7,6 +7,7 @@ production.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -168,3 +169,20 @@ def test_fallback_with_a_different_contract_is_refused(
     srv = runtime_server(models[0], "--fallback-model-dir", str(ocr_cls_dir), wait_ready=False)
     assert srv.proc.wait(90) == 1
     assert "does not match the main model's contract" in srv.log()
+
+
+def test_unsigned_fallback_is_refused_when_a_key_is_configured(
+    tmp_path: Path, models, runtime_server
+) -> None:
+    from paddle_runtime.integrity import sign_model_dir
+
+    key = tmp_path / "hmac.key"
+    key.write_bytes(b"k")
+    main = tmp_path / "main"
+    shutil.copytree(models[0], main)
+    sign_model_dir(main, hmac_key=b"k")
+    srv = runtime_server(
+        main, "--hmac-key-file", str(key), "--fallback-model-dir", str(models[1]), wait_ready=False
+    )
+    assert srv.proc.wait(90) == 1
+    assert "fallback model refused: unsigned" in srv.log()
