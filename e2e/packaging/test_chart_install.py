@@ -84,6 +84,9 @@ def test_helm_install_then_uninstall_leaves_nothing_behind(
     args = ["install", release, str(CHART), "-n", namespace, "--wait", "--timeout", "120s"]
     if mode == "namespaced":
         args += ["--set", f"watchNamespaces={{{namespace}}}"]
+    # Pod Security "restricted" enforced by the API server's admission: a non-conforming operator pod
+    # would be refused and `helm install --wait` would time out.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     try:
         notes = cluster.helm(*args, timeout=180).stdout.split("NOTES:", 1)[1]
         watching = "every namespace" if mode == "cluster-wide" else f"only: {namespace}."
