@@ -215,6 +215,8 @@ def run_demo(cluster: Cluster, ns: str, timeout: float, workdir: Path) -> str:
              f"CRD {CRD_NAME} Established")  # fmt: skip
     if cluster.kubectl("get", "namespace", ns, check=False).returncode != 0:
         cluster.kubectl("create", "namespace", ns)
+    # The API server refuses any pod of the service that does not meet Pod Security "restricted".
+    cluster.kubectl("label", "--overwrite", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
 
     step(f"Starting the operator (paddle-operator run --namespace {ns})")
     health = free_port()
@@ -229,7 +231,9 @@ def run_demo(cluster: Cluster, ns: str, timeout: float, workdir: Path) -> str:
 
         wait_for(operator_up, 120, "the operator's health endpoint", dump=operator.tail)
 
-        step(f"Applying {EXAMPLE.relative_to(ROOT)}/ and waiting for Ready")
+        step(
+            f"Applying {EXAMPLE.relative_to(ROOT)}/ (namespace enforces Pod Security restricted), waiting for Ready"
+        )
         cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
 
         def ready() -> bool:
