@@ -269,3 +269,13 @@ def test_service_monitor_gives_the_labels_the_operator_queries(chart):
     assert targets[promql.LABEL_TRACK] == [meta(LABEL_TRACK)]
     # Only the main Service: the per-track router Services select the same pods.
     assert {"key": LABEL_TRACK, "operator": "DoesNotExist"} in monitor["spec"]["selector"]["matchExpressions"]
+
+
+def test_existing_service_account_must_be_named(chart):
+    out = chart.template("--set", "serviceAccount.create=false")
+    assert out.returncode != 0 and "serviceAccount.name is required" in out.stderr
+    objs = chart.render("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
+    assert not _by_kind(objs, "ServiceAccount")
+    (deploy,) = _by_kind(objs, "Deployment")
+    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert {s["name"] for b in _by_kind(objs, "ClusterRoleBinding") for s in b["subjects"]} == {"ops"}
