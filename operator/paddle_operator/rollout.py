@@ -122,17 +122,22 @@ def judge(analysis: Analysis, policy: RolloutPolicy) -> Verdict:
         return Verdict(
             INSUFFICIENT, f"{fig.requests:.0f} of {policy.min_requests} requests needed for a verdict", fig
         )
+    # A breach that was measured fails the check even when another figure is missing: a canary
+    # answering only 5xx may record no latency at all, and that must not read as "no data".
     breaches: list[str] = []
+    missing: list[str] = []
     if policy.max_latency_p99_ms is not None:
         if fig.p99_ms is None:
-            return Verdict(INSUFFICIENT, "no latency data for the canary", fig)
-        if fig.p99_ms > policy.max_latency_p99_ms:
+            missing.append("latency")
+        elif fig.p99_ms > policy.max_latency_p99_ms:
             breaches.append(f"p99 {fig.p99_ms:.1f}ms > {policy.max_latency_p99_ms:g}ms")
     if policy.max_error_rate is not None:
         if fig.error_rate is None:
-            return Verdict(INSUFFICIENT, "no error-rate data for the canary", fig)
-        if fig.error_rate > policy.max_error_rate:
+            missing.append("error-rate")
+        elif fig.error_rate > policy.max_error_rate:
             breaches.append(f"error rate {fig.error_rate * 100:.2f}% > {policy.max_error_rate * 100:g}%")
+    if not breaches and missing:
+        return Verdict(INSUFFICIENT, f"no {' or '.join(missing)} data for the canary", fig)
     if breaches:
         return Verdict(FAIL, "; ".join(breaches), fig)
     return Verdict(PASS, f"within SLA ({fig.describe()})", fig)

@@ -158,6 +158,12 @@ def test_error_rate_breach_fails_the_check():
     assert v.result == r.FAIL and "error rate 50.00% > 1%" in v.reason
 
 
+def test_error_breach_fails_even_without_latency_data():
+    # A runtime that answers only 500s may record no latency samples at all.
+    v = r.judge(r.Figures(requests=100, p99_ms=None, error_rate=1.0), POLICY)
+    assert v.result == r.FAIL and "error rate 100.00%" in v.reason
+
+
 def test_failed_checks_accumulate_across_passes():
     drv = Driver()
     drv.tick()
