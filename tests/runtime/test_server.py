@@ -171,3 +171,20 @@ def test_predict_health_version_and_metrics_routes(servers: dict, reference: Any
         assert metric in text, metric
     assert f'paddle_runtime_model_info{{device="cpu",model="{name}",role="main",version="1"}} 1.0' in text
     assert f'paddle_runtime_requests_total{{code="200",model="{name}",role="main",version="1"}}' in text
+
+
+def test_expect_100_continue_is_answered_before_the_body(servers: dict) -> None:
+    import socket
+
+    rp, _ = servers["ocr_cls_dir"]
+    name, shape, out = MODELS["ocr_cls_dir"]
+    x = np.zeros(shape, np.float32)
+    head = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}]})
+    body = head + x.tobytes()
+    with socket.create_connection(("127.0.0.1", rp.port), timeout=10) as s:
+        s.sendall((f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                   f"Inference-Header-Content-Length: {len(head)}\r\nExpect: 100-continue\r\n\r\n").encode())
+        assert s.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(body)
+        assert s.recv(64).startswith(b"HTTP/1.1 200 OK")
