@@ -654,6 +654,10 @@ class LocalCluster:
                     f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                     f"--cluster-signing-key-file={pki / 'ca.key'}",
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    # kwok's fake kubelets heartbeat from one process; on a small shared machine a busy
+                    # minute delays them past the 50 s default, the node controller marks the nodes
+                    # NotReady and every fake pod's Ready turns False for good (kwok does not set it back).
+                    "--node-monitor-grace-period=3m",
                 ],
             )
             self._spawn(
@@ -672,6 +676,8 @@ class LocalCluster:
                     f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
                     f"--cidr={POD_CIDR}",
                     "--node-ip=127.0.0.1",
+                    # Node leases (renewed every 10 s) as well as status heartbeats, as a real kubelet does.
+                    "--node-lease-duration-seconds=40",
                 ],
             )
             for i in range(self.nodes):
