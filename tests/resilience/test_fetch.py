@@ -211,3 +211,18 @@ def test_bad_signature_from_http(cls_model: Path, tmp_path: Path, http_dir, keyp
     srv = http_dir(cls_model)
     with pytest.raises(BadSignatureError):
         fetch(srv.url, tmp_path / "dest", FetchOptions(public_key=str(keypair.public), **FAST))
+
+
+def test_http_archive_source(cls_model: Path, tmp_path: Path, http_dir, hmac_key_file: Path) -> None:
+    key = load_hmac_key(hmac_key_file)
+    sign_model_dir(cls_model, hmac_key=key, version="t1")
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    with tarfile.open(pub / "model.tar.gz", "w:gz") as tf:
+        tf.add(cls_model, arcname="cls")  # one top-level directory, as PaddleOCR's tarballs have
+    srv = http_dir(pub)
+    srv.fail_first = {"model.tar.gz": 1}
+    r = fetch(srv.url + "model.tar.gz", tmp_path / "dest", FetchOptions(hmac_key=key, **FAST))
+    assert r.version == "t1" and r.checks == ("sha256", "hmac")
+    assert _same_tree(cls_model, r.path)
+    assert not list((tmp_path / "dest" / "versions").glob("*.archive"))
