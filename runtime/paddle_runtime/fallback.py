@@ -248,7 +248,14 @@ class FallbackRouter:
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
         self._last_inputs = inputs
         if not self._route_to_main():
-            return await self.fallback.infer(inputs)
+            try:
+                return await self.fallback.infer(inputs)
+            except RuntimeError_ as exc:
+                # The fallback failing too: the main model, degraded or not, is the last resort.
+                if exc.status < 500 or not self.main.ready:
+                    raise
+                log.warning("fallback model failed (%s); trying the main model", exc.message)
+                return await self.main.infer(inputs)
         t0 = time.perf_counter()
         try:
             res = await self.main.infer(inputs)

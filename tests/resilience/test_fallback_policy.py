@@ -104,3 +104,16 @@ def test_error_ratio_mode_and_client_errors_do_not_count() -> None:
         await router.drain(1)
 
     asyncio.run(scenario())
+
+
+def test_fallback_failing_while_active_is_answered_by_main() -> None:
+    async def scenario() -> None:
+        router, main, fb = _router()
+        main.fail = True
+        for _ in range(3):
+            assert (await router.infer({})).role == "fallback"
+        assert router.state == FALLBACK
+        main.fail, fb.fail = False, True
+        assert (await router.infer({})).role == "main"
+
+    asyncio.run(scenario())
