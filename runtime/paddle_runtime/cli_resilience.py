@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--require-signed",
         action="store_true",
-        default=os.environ.get("PADDLE_RUNTIME_REQUIRE_MANIFEST", "").lower() in ("1", "true", "yes"),
+        default=os.environ.get("PADDLE_RUNTIME_REQUIRE_SIGNED", "").lower() in ("1", "true", "yes"),
         help="refuse a model without MANIFEST.json even when no key is configured",
     )
     p.add_argument(
