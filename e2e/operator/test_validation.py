@@ -58,6 +58,7 @@ INVALID = [
     ({"spec.model.signature": {}}, "spec.model.signature"),
     ({"spec.sla.availability": "150"}, "spec.sla.availability"),
     ({"spec.rollout": {"steps": [10, 50]}}, "spec.rollout.steps"),
+    ({"spec.rollout": {"steps": [30, 10, 100]}}, "spec.rollout.steps must increase"),
     ({"spec.inference.device": "tpu"}, "spec.inference.device"),
     ({"spec.replicas": -1}, "spec.replicas"),
     ({"spec.inference.maxBatchSize": 0}, "spec.inference.maxBatchSize"),

@@ -49,12 +49,19 @@ def backoff(retry: int) -> float:
     return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, retry)))
 
 
+# The metadata the reconcile and event posting need. The index keeps only these, not annotations
+# (kubectl's last-applied and kopf's diff base repeat the whole spec) or managedFields: at 1000
+# resources that is most of the operator's memory.
+_META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp", "labels")
+
+
 def _plain(body: Any) -> dict[str, Any]:
-    """A plain dict copy of a kopf body (metadata, spec, status)."""
+    """A plain dict copy of a kopf body (identity metadata, spec, status)."""
+    meta = body.get("metadata") or {}
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
-        "metadata": dict(body.get("metadata") or {}),
+        "metadata": {k: meta[k] for k in _META_KEYS if k in meta},
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }

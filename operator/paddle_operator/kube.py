@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -59,13 +60,15 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
     return base
 
 
-def load_api_client(pool_size: int = 32) -> client.ApiClient:
-    """In-cluster config when in a pod, else KUBECONFIG / ~/.kube/config."""
+def load_api_client(pool_size: int = 32, kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config when in a pod, else ``kubeconfig`` / $KUBECONFIG / ~/.kube/config."""
     cfg = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)
+        # $KUBECONFIG read now, not at import time (the client's default is frozen on import).
+        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+        config.load_kube_config(config_file=path, client_configuration=cfg)
     # Reconciles run in a thread pool; one connection per worker avoids pool-full warnings and waits.
     cfg.connection_pool_maxsize = pool_size
     return client.ApiClient(cfg)
