@@ -361,12 +361,15 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
         mem = _memory.get(key)
     if mem is None:
         shape, state = shape_from_status(svc)
-        mem = _Memory(shape, state)
+        # The create/resume reconcile applies plan() from the same status, so this shape is (or is
+        # about to be) in place: re-applying it here would double the start-up load at scale.
+        mem = _Memory(shape, state, applied=shape)
     policy = policy_for(svc)
     state = mem.state
 
     canary_dep = None
-    if state.phase in ro.ACTIVE_PHASES or state.tag:
+    # Only look at the canary while one may exist: idle resources cost no API calls per tick.
+    if state.phase in (*ro.ACTIVE_PHASES, ro.ROLLED_BACK) or svc.spec.tag != mem.shape.stable_tag:
         canary_dep = kube.get("apps/v1", "Deployment", svc.namespace, track_name(svc.name, CANARY))
     canary_ready = state.tag != "" and _settled(canary_dep, state.tag)
     stable_rolled_out = False
@@ -479,6 +482,15 @@ def evaluate_sla(
         "message": verdict.message,
         "observedGeneration": svc.generation,
     }
+    old_status = dict(body.get("status") or {})
+    old_cond = next((c for c in old_status.get("conditions") or [] if c.get("type") == "SLAMet"), {})
+    old_sla = {k: v for k, v in (old_status.get("sla") or {}).items() if k != "evaluatedAt"}
+    new_sla = {k: v for k, v in sla_status.items() if k != "evaluatedAt"}
+    if old_sla == new_sla and all(old_cond.get(k) == v for k, v in condition.items()):
+        # Nothing changed (typically: no Prometheus, or no traffic): no write, no watch event.
+        if mem is not None:
+            mem.last_sla = now
+        return {}
     # Conditions are one list in a merge patch: re-read them so a condition written by the
     # reconcile a moment ago is not overwritten with an older copy.
     fresh = kube.get(API_VERSION, KIND, svc.namespace, svc.name)
