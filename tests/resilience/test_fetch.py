@@ -226,3 +226,12 @@ def test_http_archive_source(cls_model: Path, tmp_path: Path, http_dir, hmac_key
     assert r.version == "t1" and r.checks == ("sha256", "hmac")
     assert _same_tree(cls_model, r.path)
     assert not list((tmp_path / "dest" / "versions").glob("*.archive"))
+
+
+def test_s3_without_the_extra_is_a_named_config_error(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("boto3") is not None:
+        pytest.skip("boto3 is installed; this checks the message when the [s3] extra is missing")
+    r = _cli("fetch", "--uri", "s3://bucket/models/ocr", "--dest", str(tmp_path / "d"))
+    assert r.returncode == 2 and "s3:// needs boto3" in r.stderr
