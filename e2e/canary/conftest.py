@@ -396,8 +396,36 @@ def crds_installed(cluster) -> None:
 
 @dataclass
 class Operator:
-    proc: subprocess.Popen
+    """One ``paddle-operator run`` process at a time; :meth:`restart` kills it hard and starts another."""
+
+    cmd: list[str]
+    env: dict[str, str]
     log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Operator:
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=fh, stderr=subprocess.STDOUT, env=self.env, preexec_fn=_die_with_parent
+            )
+        time.sleep(1)
+        if self.proc.poll() is not None:
+            pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, nothing kept in memory; only status survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
 
     def tail(self, n: int = 60) -> str:
         return _tail(self.log, n)
@@ -406,7 +434,6 @@ class Operator:
 @pytest.fixture
 def operator(cluster, namespace: str, crds_installed: None, tmp_path: Path) -> Iterator[Operator]:
     """``paddle-operator run`` for this test's namespace, with short rollout ticks and windows."""
-    log = tmp_path / "operator.log"
     env = dict(
         cluster.env,
         # Seconds instead of minutes so the suite stays short; the rules are the same.
@@ -416,21 +443,11 @@ def operator(cluster, namespace: str, crds_installed: None, tmp_path: Path) -> I
         PADDLE_OPERATOR_PROMETHEUS_TIMEOUT_S="2",
     )
     env.pop("PADDLE_OPERATOR_PROMETHEUS_URL", None)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "paddle-operator"), "run", "--namespace", namespace, "--liveness", ""],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent,
-        )
-    op = Operator(proc, log)
+    cmd = [str(VENV_BIN / "paddle-operator"), "run", "--namespace", namespace, "--liveness", ""]
+    op = Operator(cmd, env, tmp_path / "operator.log")
     try:
-        time.sleep(1)
-        if proc.poll() is not None:
-            pytest.fail(f"operator exited with {proc.returncode}:\n{op.tail()}")
-        yield op
+        yield op.start()
     finally:
-        _stop(proc)
+        op.stop()
         # Shown by pytest for failing tests: what the operator did.
-        print(f"---- operator log ({log}) ----\n{op.tail(120)}")
+        print(f"---- operator log ({op.log}) ----\n{op.tail(120)}")

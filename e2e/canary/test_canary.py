@@ -261,6 +261,41 @@ def test_prometheus_down_holds_the_weight(runtimes, cluster, namespace, operator
     assert any(e["reason"] == "AnalysisUnavailable" for e in events(cluster, namespace))
 
 
+def test_pause_holds_and_an_operator_restart_resumes_from_status(
+    runtimes, cluster, namespace, operator, prometheus_factory, dump
+):
+    prom = prometheus_factory(
+        [
+            (runtimes.stable, track_labels(namespace, NAME, "stable")),
+            (runtimes.healthy_canary, track_labels(namespace, NAME, "canary")),
+        ]
+    )
+
+    def set_paused(paused: bool) -> None:
+        patch = {"spec": {"rollout": {"paused": paused}}}
+        cluster.kubectl("patch", "pms", NAME, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+
+    with load(runtimes.stable, runtimes.healthy_canary):
+        apply(cluster, manifest(namespace, prom.url))
+        wait_stable(cluster, namespace, "v1", dump)
+        set_tag(cluster, namespace, "v2")
+        wait_for(lambda: rollout(cluster, namespace).get("weight") == 30, 60, "second step", dump=dump)
+        set_paused(True)
+        wait_for(lambda: rollout(cluster, namespace).get("phase") == "Paused", 20, "Paused", dump=dump)
+        # Killed while paused: the new process knows only what status says.
+        operator.restart()
+        time.sleep(2 * INTERVAL_S)
+        r = rollout(cluster, namespace)
+        assert (r["phase"], r["weight"]) == ("Paused", 30), r
+        assert image_tag(deployment(cluster, namespace, NAME)) == "v1", "a restart must not promote"
+        assert image_tag(deployment(cluster, namespace, f"{NAME}-canary")) == "v2"
+        set_paused(False)
+        wait_for(lambda: rollout(cluster, namespace).get("phase") == "Promoted", 90, "promoted", dump=dump)
+    assert pms(cluster, namespace)["status"]["stableTag"] == "v2"
+    reasons = [e["reason"] for e in events(cluster, namespace)]
+    assert "RolloutPaused" in reasons and "RolloutResumed" in reasons
+
+
 def test_httproute_and_virtualservice_are_accepted(cluster, namespace, operator, dump):
     for source in gocrds.SOURCES:
         for path in gocrds.crd_files(source):
