@@ -222,8 +222,10 @@ class ReloadManager:
         handle: Any,
         settings: RuntimeSettings,
         engine_factory: Callable[[RuntimeSettings, str, str], Any],
+        fallback: Any = None,
     ) -> None:
         self.handle = handle
+        self.fallback = fallback  # when set, a candidate must also keep the fallback's I/O contract
         self.settings = settings
         self.engine_factory = engine_factory
         self._lock = threading.Lock()  # one reload at a time, whatever triggered it
@@ -327,6 +329,10 @@ class ReloadManager:
             except ModelLoadError as exc:
                 raise ModelRejected("load", str(exc)) from exc
             diff = contract_difference(old.inputs, eng.inputs)
+            if diff is None and self.fallback is not None:
+                fb = self.fallback
+                diff = contract_difference(fb.inputs, eng.inputs, tuple(fb.outputs), tuple(eng.outputs))
+                diff = diff and f"the fallback model's {diff}"
             if diff:
                 with contextlib.suppress(Exception):
                     eng.unload(timeout=0)
@@ -545,7 +551,7 @@ async def attach_resilience(settings: RuntimeSettings, app: Any, batcher: Any) -
         await router.start()
         handle = router
 
-    manager = ReloadManager(batcher, settings, make_engine)
+    manager = ReloadManager(batcher, settings, make_engine, fallback=fb_batcher)
     manager.start()
     if hasattr(signal, "SIGHUP"):
         loop.add_signal_handler(signal.SIGHUP, manager.trigger)
