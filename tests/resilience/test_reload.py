@@ -173,7 +173,7 @@ def test_bad_candidates_are_refused_and_the_old_model_keeps_serving(
         srv.proc.send_signal(signal.SIGHUP)
         info = wait_until(
             lambda n=n: (i := get_json(srv.url, "/version"))["reloads"]["failure"] >= n and i,
-            60,
+            180,  # the child check runs at low priority: slow on a busy machine
             f"{name} refused",
         )
         assert info["last_error"].startswith(kind + ":"), (name, info["last_error"])
@@ -187,7 +187,7 @@ def test_bad_candidates_are_refused_and_the_old_model_keeps_serving(
     # After all that, a good version still goes through.
     publish(seeds[1], dest, "v1", hmac_key=HMAC)
     srv.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: client.infer()[1] == "v1", 60, "v1 served")
+    wait_until(lambda: client.infer()[1] == "v1", 180, "v1 served")
     status, version, _, arr = client.infer()
     np.testing.assert_allclose(arr, expected[1], rtol=1e-3, atol=1e-4)
     info = get_json(srv.url, "/version")
