@@ -10,12 +10,17 @@ Models (session-scoped, no downloads):
 
 Servers:
 
-* ``start_runtime(model_dir, *args, env=None, timeout=120) -> RuntimeProcess`` starts
-  ``paddle-runtime serve`` in a subprocess on a free port and waits for ``/v2/health/ready``;
-  ``RuntimeProcess`` has ``.url``, ``.port``, ``.proc``, ``.log()``, ``.stop(sig=SIGTERM) -> rc``.
-  The ``runtime_server`` fixture is a factory that stops every server it started at teardown.
-* ``direct_predict(model_dir, inputs) -> {output: ndarray}``: a plain ``paddle.inference`` predictor,
-  built without any of the runtime's code, to compare served outputs against.
+* ``runtime_server(model_dir, *args, env=None, timeout=120, wait_ready=True, command=None)``
+  (function-scoped factory fixture) starts ``paddle-runtime serve --model-dir DIR --host 127.0.0.1
+  --port <free> ARGS`` in a subprocess, waits for ``/v2/health/ready`` and stops it (SIGTERM) at
+  teardown.  ``runtime_launcher`` is the same function for module/session-scoped servers that the
+  caller stops.  A ``RuntimeProcess`` has ``.url``, ``.port``, ``.host_port`` (for tritonclient),
+  ``.proc``, ``.get(path) -> (status, body)``, ``.log()``, ``.wait_ready(timeout)``,
+  ``.stop(sig=SIGTERM) -> returncode``.  ``command`` replaces ``python -m paddle_runtime.cli``
+  (e.g. the ``paddle-runtime`` console script).
+* ``reference`` fixture / ``direct_predict(model_dir, inputs) -> {output: ndarray}``: a plain
+  ``paddle.inference`` predictor, built without any of the runtime's code, to compare served
+  outputs against.
 
 Heavy imports (paddle) happen inside fixtures, so test modules that need none of this stay fast.
 """
