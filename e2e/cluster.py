@@ -113,12 +113,68 @@ def _go_version() -> str:
     ).stdout.strip()
 
 
+# Bump when the build flags change, so cached binaries built the old way are rebuilt (relinked).
+BUILD_RECIPE = "2"
+
+
 def _stamp_entry(target: Target, go: str) -> dict[str, str]:
     return {
         "package": target.package,
         "version": _required_version(target.module_dir, target.module),
         "go": go,
+        "recipe": BUILD_RECIPE,
     }
+
+
+def _stamp_matches(entry: dict[str, str], target: Target) -> bool:
+    return (
+        entry.get("version") == _required_version(target.module_dir, target.module)
+        and entry.get("package") == target.package
+        and entry.get("recipe") == BUILD_RECIPE
+    )
+
+
+def _module_info(module_dir: str, module: str) -> dict:
+    out = subprocess.run(
+        ["go", "list", "-m", "-json", module],
+        cwd=GO_DIR / module_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, GOFLAGS="-mod=readonly"),
+    ).stdout
+    return json.loads(out)
+
+
+def _version_ldflags(target: Target) -> list[str]:
+    """The -X flags upstream release builds set; a plain `go build` reports v0.0.0-master.
+
+    The API server's /version feeds Helm's `.Capabilities.KubeVersion` and charts' `kubeVersion`
+    checks, and helm's own default Kubernetes version (for `helm template`) is set the same way.
+    """
+    if target.module == "k8s.io/kubernetes":
+        info = _module_info(target.module_dir, target.module)
+        major, minor = info["Version"].lstrip("v").split(".")[:2]
+        flags = []
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+            flags += [
+                f"-X {pkg}.gitVersion={info['Version']}",
+                f"-X {pkg}.gitMajor={major}",
+                f"-X {pkg}.gitMinor={minor}",
+                f"-X {pkg}.gitTreeState=clean",
+                f"-X {pkg}.buildDate={info.get('Time', '1970-01-01T00:00:00Z')}",
+            ]
+        return flags
+    if target.module == "helm.sh/helm/v3":
+        version = _required_version(target.module_dir, target.module)
+        client_go = _module_info(target.module_dir, "k8s.io/client-go")["Version"]  # v0.34.2 -> 1.34
+        minor = client_go.lstrip("v").split(".")[1]
+        flags = [f"-X helm.sh/helm/v3/internal/version.version={version}"]
+        flags.append("-X helm.sh/helm/v3/internal/version.gitTreeState=clean")
+        for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+            flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={minor}"]
+        return flags
+    return []  # etcd and kwok carry their versions in source
 
 
 def _read_stamp(directory: Path) -> dict[str, dict[str, str]]:
@@ -132,16 +188,7 @@ def binaries_ready(directory: Path | None = None) -> bool:
     """True when every binary exists and its stamp matches the pinned version (no Go needed)."""
     directory = directory or bin_dir()
     stamp = _read_stamp(directory)
-    for t in TARGETS:
-        entry = stamp.get(t.name, {})
-        version = _required_version(t.module_dir, t.module)
-        if (
-            not (directory / t.name).is_file()
-            or entry.get("version") != version
-            or entry.get("package") != t.package
-        ):
-            return False
-    return True
+    return all((directory / t.name).is_file() and _stamp_matches(stamp.get(t.name, {}), t) for t in TARGETS)
 
 
 @contextlib.contextmanager
@@ -169,7 +216,8 @@ def _stderr_log(msg: str) -> None:
 def _go_build(target: Target, out: Path, log: Callable[[str], None]) -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
     tmp = out.with_name(out.name + ".tmp")
-    cmd = ["go", "build", "-v", "-trimpath", "-ldflags=-s -w", "-o", str(tmp), target.package]
+    ldflags = " ".join(["-s", "-w", *_version_ldflags(target)])
+    cmd = ["go", "build", "-v", "-trimpath", f"-ldflags={ldflags}", "-o", str(tmp), target.package]
     proc = subprocess.Popen(
         cmd,
         cwd=GO_DIR / target.module_dir,
@@ -228,7 +276,7 @@ def build(force: bool = False, log: Callable[[str], None] = _stderr_log) -> Path
         for i, t in enumerate(TARGETS, 1):
             want = _stamp_entry(t, go)
             have = stamp.get(t.name, {})
-            if not force and (directory / t.name).is_file() and have.get("version") == want["version"]:
+            if not force and (directory / t.name).is_file() and _stamp_matches(have, t):
                 log(f"[{i}/{len(TARGETS)}] {t.name} {want['version']}: cached")
                 continue
             log(f"[{i}/{len(TARGETS)}] {t.name} {want['version']}: building {t.package}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from e2e.cluster import Cluster
+from e2e.cluster import Cluster, k8s_version, pinned_versions
 from e2e.smoke.conftest import TESTDATA
 from e2e.util import dump_namespace, dump_objects, wait_for
 
@@ -46,6 +46,15 @@ def test_fake_nodes_are_ready_with_gpu_capacity(cluster: Cluster) -> None:
     for node in nodes:
         assert _condition(node, "Ready") == "True", node["status"]
         assert node["status"]["allocatable"].get("nvidia.com/gpu"), node["status"]["allocatable"]
+
+
+def test_binaries_report_the_pinned_release(cluster: Cluster) -> None:
+    # Without the release -X flags every binary says v0.0.0-master, which breaks kubeVersion checks.
+    versions = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert versions["clientVersion"]["gitVersion"] == k8s_version()
+    if cluster.mode == "local":
+        assert versions["serverVersion"]["gitVersion"] == k8s_version()
+    assert pinned_versions()["helm"] in cluster.helm("version", "--short").stdout
 
 
 def test_deployment_becomes_available_on_kwok_node(cluster: Cluster, namespace: str, apply) -> None:
