@@ -296,6 +296,40 @@ def test_pause_holds_and_an_operator_restart_resumes_from_status(
     assert "RolloutPaused" in reasons and "RolloutResumed" in reasons
 
 
+def test_model_change_with_update_canary_goes_through_the_canary(
+    runtimes, cluster, namespace, operator, prometheus_factory, dump
+):
+    prom = prometheus_factory(
+        [
+            (runtimes.stable, track_labels(namespace, NAME, "stable")),
+            (runtimes.healthy_canary, track_labels(namespace, NAME, "canary")),
+        ]
+    )
+    obj = manifest(namespace, prom.url, steps=[50, 100])
+    obj["spec"]["model"]["update"] = "Canary"
+    old_uri, new_uri = obj["spec"]["model"]["uri"], "file:///opt/models/classifier-v2"
+    with load(runtimes.stable, runtimes.healthy_canary):
+        apply(cluster, obj)
+        wait_stable(cluster, namespace, "v1", dump)
+        patch = {"spec": {"model": {"uri": new_uri, "version": "2"}}}
+        cluster.kubectl("patch", "pms", NAME, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+        wait_for(lambda: rollout(cluster, namespace).get("weight") == 50, 60, "first step", dump=dump)
+        # Same tag on both tracks; the tracks differ by model, the stable one untouched so far.
+        stable, can = deployment(cluster, namespace, NAME), deployment(cluster, namespace, f"{NAME}-canary")
+        assert image_tag(stable) == image_tag(can) == "v1"
+        assert old_uri in json.dumps(stable["spec"]["template"]) and new_uri not in json.dumps(
+            stable["spec"]["template"]
+        )
+        assert new_uri in json.dumps(can["spec"]["template"])
+        wait_for(lambda: rollout(cluster, namespace).get("phase") == "Promoted", 90, "promoted", dump=dump)
+    stable = deployment(cluster, namespace, NAME)
+    assert new_uri in json.dumps(stable["spec"]["template"])
+    assert pms(cluster, namespace)["status"]["stableTag"] == "v1"
+    wait_for(
+        lambda: deployment(cluster, namespace, f"{NAME}-canary") is None, 30, "canary removed", dump=dump
+    )
+
+
 def test_httproute_and_virtualservice_are_accepted(cluster, namespace, operator, dump):
     for source in gocrds.SOURCES:
         for path in gocrds.crd_files(source):

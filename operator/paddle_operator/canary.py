@@ -14,6 +14,8 @@ No kopf here (handlers.py adapts it); Prometheus and the API server are reached 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -78,12 +80,55 @@ ABSENT, RUNNING, SCALED_TO_ZERO = "absent", "running", "scaled-to-zero"
 class Shape:
     """What the children look like for one moment of a rollout (what :func:`plan` builds)."""
 
-    stable_tag: str  # status.stableTag
-    stable_deploy_tag: str  # tag on the stable Deployment (the new one while promoting)
+    stable_tag: str  # status.stableTag (a revision: ``tag`` or ``tag@model`` with model.update Canary)
+    stable_deploy_tag: str  # revision on the stable Deployment (the new one while promoting)
     canary: str = ABSENT
     canary_tag: str = ""
     routed_weight: int = 0  # % of traffic to the canary now
     sizing_weight: int = 0  # % of traffic the canary is sized for (the next step: ready before it moves)
+    stable_model: str = ""  # JSON of the stable track's spec.model with model.update Canary, else ""
+
+
+# With spec.model.update Canary a model change is a new revision too. A revision is the tag, plus
+# "@<model version or URI digest>" then; tags cannot contain "@" (CRD pattern), so it splits back.
+REV_SEP = "@"
+
+
+def model_canary(svc: PaddleModelService) -> bool:
+    return svc.spec.model.update == "Canary"
+
+
+def _model_json(svc: PaddleModelService) -> str:
+    return json.dumps(svc.spec.model.model_dump(by_alias=True, exclude_none=True), sort_keys=True)
+
+
+def _model_key(model: dict[str, Any]) -> str:
+    """The model's version plus a digest of its URI: a new URI under the same version is a change too."""
+    digest = hashlib.sha256(str(model.get("uri", "")).encode()).hexdigest()[:6]
+    return f"{model['version']}.{digest}" if model.get("version") else digest
+
+
+def revision(svc: PaddleModelService, tag: str, model_json: str = "") -> str:
+    """``tag``, or ``tag@<model>`` when model changes are canaried (``model_json`` "" = spec.model)."""
+    if not model_canary(svc):
+        return tag
+    return f"{tag}{REV_SEP}{_model_key(json.loads(model_json or _model_json(svc)))}"
+
+
+def desired_revision(svc: PaddleModelService) -> str:
+    return revision(svc, svc.spec.tag)
+
+
+def tag_of(rev: str) -> str:
+    return rev.split(REV_SEP, 1)[0]
+
+
+def with_model(svc: PaddleModelService, model_json: str) -> PaddleModelService:
+    """``svc`` with another ``spec.model`` (the stable one during a model canary)."""
+    if not model_json:
+        return svc
+    model = type(svc.spec.model).model_validate(json.loads(model_json))
+    return svc.model_copy(update={"spec": svc.spec.model_copy(update={"model": model})})
 
 
 @dataclass
@@ -152,7 +197,7 @@ def _sizing(state: ro.RolloutState, policy: ro.RolloutPolicy) -> int:
     return policy.steps[min(state.step, len(policy.steps) - 1)]
 
 
-def shape_of(decision: ro.Decision, policy: ro.RolloutPolicy) -> Shape:
+def shape_of(decision: ro.Decision, policy: ro.RolloutPolicy, stable_model: str = "") -> Shape:
     return Shape(
         stable_tag=decision.stable_tag,
         stable_deploy_tag=decision.stable_deploy_tag,
@@ -160,25 +205,34 @@ def shape_of(decision: ro.Decision, policy: ro.RolloutPolicy) -> Shape:
         canary_tag=decision.canary_tag if decision.canary != ABSENT else "",
         routed_weight=decision.routed_weight,
         sizing_weight=_sizing(decision.state, policy) if decision.canary == RUNNING else 0,
+        stable_model=stable_model,
     )
 
 
 def shape_from_status(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
     """The shape recorded in ``status`` (after an operator restart; no observation needed)."""
     status = _status(svc)
-    stable = status.get("stableTag") or svc.spec.tag
-    state = ro.RolloutState.from_status(status.get("rollout"))
+    rollout_status = status.get("rollout") or {}
+    stable_model = ""
+    if model_canary(svc):
+        # Recorded by tick(); on first sight the model in the spec is the one serving.
+        recorded = rollout_status.get("stableModel")
+        stable_model = json.dumps(recorded, sort_keys=True) if recorded else _model_json(svc)
+    stable = revision(svc, status.get("stableTag") or svc.spec.tag, stable_model)
+    state = ro.RolloutState.from_status(rollout_status)
     policy = policy_for(svc)
     if state.phase in (ro.PROGRESSING, ro.PAUSED):
-        shape = Shape(stable, stable, RUNNING, state.tag, state.weight, _sizing(state, policy))
+        shape = Shape(stable, stable, RUNNING, state.tag, state.weight, _sizing(state, policy), stable_model)
     elif state.phase == ro.PROMOTING:
         canary = RUNNING if policy.strategy == ro.CANARY else ABSENT
         weight = 100 if canary == RUNNING else 0
-        shape = Shape(stable, state.tag, canary, state.tag if canary == RUNNING else "", weight, weight)
-    elif state.phase == ro.ROLLED_BACK and state.tag == svc.spec.tag:
-        shape = Shape(stable, stable, SCALED_TO_ZERO, state.tag)
+        shape = Shape(
+            stable, state.tag, canary, state.tag if canary == RUNNING else "", weight, weight, stable_model
+        )
+    elif state.phase == ro.ROLLED_BACK and state.tag == desired_revision(svc):
+        shape = Shape(stable, stable, SCALED_TO_ZERO, state.tag, stable_model=stable_model)
     else:
-        shape = Shape(stable, stable)
+        shape = Shape(stable, stable, stable_model=stable_model)
     return shape, state
 
 
@@ -228,8 +282,14 @@ def plan(svc: PaddleModelService) -> list[dict[str, Any]]:
     if shape.canary == SCALED_TO_ZERO:
         canary_replicas = 0
 
+    # The stable track keeps its own model during a model canary, until promotion rolls it forward.
+    stable_svc = (
+        svc if shape.stable_deploy_tag == desired_revision(svc) else with_model(svc, shape.stable_model)
+    )
     children.append(
-        build_deployment(svc, track=STABLE, tag=shape.stable_deploy_tag, replicas=stable_replicas)
+        build_deployment(
+            stable_svc, track=STABLE, tag=tag_of(shape.stable_deploy_tag), replicas=stable_replicas
+        )
     )
     if canary_exists:
         children.append(
@@ -237,7 +297,7 @@ def plan(svc: PaddleModelService) -> list[dict[str, Any]]:
                 svc,
                 track=CANARY,
                 name=track_name(svc.name, CANARY),
-                tag=shape.canary_tag,
+                tag=tag_of(shape.canary_tag),
                 replicas=canary_replicas if canary_replicas is not None else (0 if not canary_on else None),
             )
         )
@@ -319,9 +379,12 @@ def _image_tag(dep: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _settled(dep: dict[str, Any] | None, tag: str) -> bool:
-    """The Deployment runs ``tag`` on all its desired replicas, all updated and ready, old pods gone."""
+def _settled(dep: dict[str, Any] | None, tag: str, model_uri: str | None = None) -> bool:
+    """The Deployment runs ``tag`` (and ``model_uri``) on all its desired replicas, all updated and
+    ready, old pods gone."""
     if not dep or _image_tag(dep) != tag:
+        return False
+    if model_uri is not None and model_uri not in json.dumps((dep.get("spec") or {}).get("template") or {}):
         return False
     want = int((dep.get("spec") or {}).get("replicas") or 0)
     st = dep.get("status") or {}
@@ -366,19 +429,22 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
         mem = _Memory(shape, state, applied=shape)
     policy = policy_for(svc)
     state = mem.state
+    desired = desired_revision(svc)
 
     canary_dep = None
     # Only look at the canary while one may exist: idle resources cost no API calls per tick.
-    if state.phase in (*ro.ACTIVE_PHASES, ro.ROLLED_BACK) or svc.spec.tag != mem.shape.stable_tag:
+    if state.phase in (*ro.ACTIVE_PHASES, ro.ROLLED_BACK) or desired != mem.shape.stable_tag:
         canary_dep = kube.get("apps/v1", "Deployment", svc.namespace, track_name(svc.name, CANARY))
-    canary_ready = state.tag != "" and _settled(canary_dep, state.tag)
+    # The desired model must be in the pod template too (a model canary keeps the tag).
+    uri = svc.spec.model.uri
+    canary_ready = state.tag == desired and _settled(canary_dep, tag_of(state.tag), uri)
     stable_rolled_out = False
     if state.phase == ro.PROMOTING:
         stable_dep = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
-        stable_rolled_out = _settled(stable_dep, state.tag)
+        stable_rolled_out = state.tag == desired and _settled(stable_dep, tag_of(state.tag), uri)
 
     analysis: ro.Analysis | None = None
-    if canary_ready and ro.analysis_due(state, policy, now) and svc.spec.tag == state.tag:
+    if canary_ready and ro.analysis_due(state, policy, now):
         url = prometheus_url(svc)
         if url is None:
             analysis = ro.Unreachable(
@@ -393,7 +459,7 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
         state,
         policy,
         ro.Observation(
-            desired_tag=svc.spec.tag,
+            desired_tag=desired,
             stable_tag=mem.shape.stable_tag,
             canary_ready=canary_ready,
             stable_rolled_out=stable_rolled_out,
@@ -401,7 +467,12 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
             analysis=analysis,
         ),
     )
-    shape = shape_of(decision, policy)
+    # After a promotion the stable track runs spec.model; before it, the model recorded as stable.
+    stable_model = ""
+    if model_canary(svc):
+        stable_model = _model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
+        stable_model = stable_model or _model_json(svc)
+    shape = shape_of(decision, policy, stable_model)
     # Before the first step the canary is sized for step 1; a restart must not change that.
     with _lock:
         mem.shape, mem.state = shape, decision.state
@@ -409,18 +480,21 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
 
     result = TickResult(events=list(decision.events))
     if mem.applied != shape:
-        body_now = dict(body, status={**status, "stableTag": shape.stable_tag})
+        body_now = dict(body, status={**status, "stableTag": tag_of(shape.stable_tag)})
         rc.reconcile(kube, body_now)
         mem.applied = shape
         result.applied = True
 
     patch: dict[str, Any] = {}
-    if status.get("stableTag") != decision.stable_tag:
-        patch["stableTag"] = decision.stable_tag
-    if decision.state.phase:
-        new_rollout = decision.state.to_status(len(policy.steps))
-        if status.get("rollout") != new_rollout:
-            patch["rollout"] = new_rollout
+    if status.get("stableTag") != tag_of(decision.stable_tag):
+        patch["stableTag"] = tag_of(decision.stable_tag)
+    old_rollout = dict(status.get("rollout") or {})
+    new_rollout: dict[str, Any] = decision.state.to_status(len(policy.steps)) if decision.state.phase else {}
+    if model_canary(svc):
+        # The stable model, so a restart (or plan() from status) builds the stable track with it.
+        new_rollout["stableModel"] = json.loads(shape.stable_model or _model_json(svc))
+    if new_rollout and any(old_rollout.get(k) != v for k, v in new_rollout.items()):
+        patch["rollout"] = new_rollout
     if patch:
         kube.patch_status(svc.namespace, svc.name, patch)
     result.status = patch

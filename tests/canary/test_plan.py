@@ -128,3 +128,33 @@ def test_policy_thresholds_come_from_the_sla_unless_explicit():
 def test_replica_floor_follows_the_pdb():
     svc = PaddleModelService.from_body(body())
     assert canary.replica_floor(svc, 4) == 3  # 99.9 %: one pod may be unavailable
+
+
+def test_model_canary_keeps_the_stable_model_until_promotion():
+    old = {"uri": "file:///models/m1", "version": "1", "update": "Canary"}
+    b = body(tag="v1")
+    b["spec"]["model"] = {"uri": "file:///models/m2", "version": "2", "update": "Canary"}
+    desired = canary.desired_revision(PaddleModelService.from_body(b))
+    assert canary.tag_of(desired) == "v1" and desired.startswith("v1@2.")
+    b["status"] = {
+        "stableTag": "v1",
+        "rollout": {"phase": "Progressing", "tag": desired, "step": 1, "weight": 10, "stableModel": old},
+    }
+    svc = PaddleModelService.from_body(b)
+    shape, _ = canary.shape_from_status(svc)
+    assert shape.stable_tag != desired, "the model change is a new revision"
+    out = kinds(canary.plan(svc))
+    stable, can = str(out[("Deployment", "ocr")]), str(out[("Deployment", "ocr-canary")])
+    assert "models/m1" in stable and "models/m2" not in stable
+    assert "models/m2" in can and "models/m1" not in can
+    assert tag_of(out[("Deployment", "ocr")]) == tag_of(out[("Deployment", "ocr-canary")]) == "v1"
+    # Promoting: the stable track rolls to the new model.
+    b["status"]["rollout"]["phase"] = "Promoting"
+    out = kinds(canary.plan(PaddleModelService.from_body(b)))
+    assert "models/m2" in str(out[("Deployment", "ocr")])
+
+
+def test_model_change_without_canary_update_is_not_a_new_revision():
+    b = body(tag="v1")
+    b["spec"]["model"] = {"uri": "file:///models/m2", "version": "2", "update": "Rollout"}
+    assert canary.desired_revision(PaddleModelService.from_body(b)) == "v1"
