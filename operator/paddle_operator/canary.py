@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import promql
@@ -430,6 +430,13 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
     policy = policy_for(svc)
     state = mem.state
     desired = desired_revision(svc)
+    if state.phase not in ro.ACTIVE_PHASES and (REV_SEP in mem.shape.stable_tag) != model_canary(svc):
+        # spec.model.update switched to or from Canary while idle: the model serving now is the stable
+        # one, so the switch itself is not a change to roll out.
+        stable_tag = tag_of(mem.shape.stable_tag)
+        model = _model_json(svc) if model_canary(svc) else ""
+        rev = revision(svc, stable_tag, model)
+        mem.shape = replace(mem.shape, stable_tag=rev, stable_deploy_tag=rev, stable_model=model)
 
     canary_dep = None
     # Only look at the canary while one may exist: idle resources cost no API calls per tick.

@@ -158,3 +158,39 @@ def test_model_change_without_canary_update_is_not_a_new_revision():
     b = body(tag="v1")
     b["spec"]["model"] = {"uri": "file:///models/m2", "version": "2", "update": "Rollout"}
     assert canary.desired_revision(PaddleModelService.from_body(b)) == "v1"
+
+
+class _NoCanaryKube:
+    """Just enough API for a tick: nothing exists yet, applies are recorded and echoed back."""
+
+    def __init__(self):
+        self.patches = []
+        self.applied = []
+
+    def get(self, *args):
+        return None
+
+    def list(self, *args):
+        return []
+
+    def apply(self, obj):
+        self.applied.append(obj)
+        return obj
+
+    def patch_status(self, namespace, name, status):
+        self.patches.append(status)
+
+
+def test_switching_model_update_to_canary_is_not_itself_a_rollout():
+    b = body(tag="v1", status={"stableTag": "v1"})
+    b["spec"]["model"]["update"] = "Rollout"
+    kube = _NoCanaryKube()
+    canary.tick(kube, b, now=1000.0)
+    b["spec"]["model"]["update"] = "Canary"
+    result = canary.tick(kube, b, now=1001.0)
+    assert not result.events, result.events
+    assert result.status.get("rollout", {}).get("phase", "") == ""
+    assert result.status["rollout"]["stableModel"]["uri"] == "file:///models/m"
+    # The stable Deployment stays as it was: same tag, same model.
+    deps = [o for o in kube.applied if o["kind"] == "Deployment"]
+    assert [d["metadata"]["name"] for d in deps] == ["ocr"] and tag_of(deps[0]) == "v1"
