@@ -114,11 +114,31 @@ def settle_rss(pid: int, seconds: float) -> float:
     return peak
 
 
+def save(out: str, idle_rss: float, phase_a: dict[str, Any], phase_b: dict[str, Any] | None) -> None:
+    """Write the results so far (after each phase: a slow phase B must not lose phase A)."""
+    result = {
+        "benchmark": "operator",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg": os.getloadavg()},
+        "method": "create requests sent concurrently (16 threads); Ready polled every 0.1 s (1 s in phase B); "
+                  "RSS = max VmRSS over a 20-30 s period after the burst",
+        "targets": {"ready_p99_s_at_100": 2.0, "rss_mb_at_1000": 150},
+        "idle_rss_mb": round(idle_rss, 1),
+        "at_100": phase_a,
+        "at_1000": phase_b,
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--scale-to", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--timeout-b", type=float, default=600, help="how long phase B may take to get Ready")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "operator.json"))
     args = ap.parse_args()
 
@@ -131,8 +151,11 @@ def main() -> int:
         os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
         kube = Kube(load_api_client())
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        cluster.kubectl("wait", "--for=condition=Established",
-                        "crd/paddlemodelservices.serving.paddlesla.io", "--timeout=60s")
+        for _ in range(60):  # `kubectl wait` fails outright while the CRD has no conditions yet
+            if cluster.kubectl("wait", "--for=condition=Established", "crd/paddlemodelservices.serving.paddlesla.io",
+                               "--timeout=5s", check=False).returncode == 0:
+                break
+            time.sleep(1)
         cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=300)
         cluster.kubectl("create", "namespace", NAMESPACE)
         time.sleep(2)  # default ServiceAccount
@@ -170,6 +193,7 @@ def main() -> int:
                 "operator_rss_mb": round(rss_a, 1),
             }
             print(json.dumps(phase_a, indent=2), flush=True)
+            save(args.out, idle_rss, phase_a, None)
 
             extra = []
             for i in range(args.count, args.scale_to):
@@ -180,7 +204,7 @@ def main() -> int:
                 extra.append(b)
             t0 = time.monotonic()
             started_b = create_all(kube, extra)
-            lat_b = wait_ready(kube, started_b, args.timeout, poll=1.0)
+            lat_b = wait_ready(kube, started_b, args.timeout_b, poll=1.0)
             all_ready_s = time.monotonic() - t0
             children_b = count_children(kube)
             rss_b = settle_rss(op.pid, 30)
@@ -205,21 +229,7 @@ def main() -> int:
             log.close()
             cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
-    result = {
-        "benchmark": "operator",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_at_end": os.getloadavg()},
-        "method": "create requests sent concurrently (16 threads); Ready polled every 0.1 s (1 s in phase B); "
-                  "RSS = max VmRSS over a 20-30 s quiet period after the burst",
-        "targets": {"ready_p99_s_at_100": 2.0, "rss_mb_at_1000": 150},
-        "idle_rss_mb": round(idle_rss, 1),
-        "at_100": phase_a,
-        "at_1000": phase_b,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(args.out, idle_rss, phase_a, phase_b)
     return 0
 
 

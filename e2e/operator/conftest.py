@@ -96,8 +96,13 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def crd_installed(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/paddlemodelservices.serving.paddlesla.io", "--timeout=60s"
+    # `kubectl wait` errors out (instead of waiting) while a fresh CRD has no conditions yet.
+    wait_for(
+        lambda: cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/paddlemodelservices.serving.paddlesla.io",
+            "--timeout=5s", check=False,
+        ).returncode == 0,
+        60, "CRD Established",
     )
 
 

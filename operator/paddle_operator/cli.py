@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import sys
+
+M_ARENA_MAX = -8  # glibc mallopt() parameter number
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas before the handler threads start.
+
+    glibc gives each new thread its own arena (up to 8 per core); with dozens of handler threads the
+    freed memory of a burst stays scattered over them and RSS never comes back down. Two arenas cost
+    nothing measurable here (handlers wait on the API server, not on malloc).
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return  # set by the user or the image: glibc already read it
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, macOS): nothing to tune
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     # Kopf logs every handler success at INFO; at scale that is noise, our own modules keep INFO.
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
+    limit_malloc_arenas()
     import kopf
 
     from . import handlers, settings  # noqa: F401  (registers the handlers and the startup hook)

@@ -60,7 +60,7 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
     return base
 
 
-def load_api_client(pool_size: int = 32, kubeconfig: str | None = None) -> client.ApiClient:
+def load_api_client(pool_size: int = 64, kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster config when in a pod, else ``kubeconfig`` / $KUBECONFIG / ~/.kube/config."""
     cfg = client.Configuration()
     try:

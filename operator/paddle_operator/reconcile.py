@@ -138,9 +138,15 @@ def write_status(
     return status, True
 
 
+# Generation whose children were all applied by a full reconcile in this process. Until then the
+# drift path leaves status alone, so Ready=True never appears while children are still missing.
+_reconciled: dict[tuple[str, str, str], int] = {}
+
+
 def forget(namespace: str, name: str, uid: str) -> None:
     """Drop per-object memory when the resource is gone."""
     _last_written.pop((namespace, name, uid), None)
+    _reconciled.pop((namespace, name, uid), None)
 
 
 def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Result:
@@ -167,8 +173,15 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
                 deployment = applied
             elif child["kind"] == "HorizontalPodAutoscaler" and child["metadata"]["name"] == svc.deployment_name:
                 hpa = applied
-        if do_prune and not problems:
+        # A resource never reconciled before (no status yet) has no children from an older plan:
+        # skipping the prune saves one LIST per managed kind on every create.
+        if do_prune and not problems and old_status:
             result.pruned = prune(kube, svc, desired)
+        if not problems:
+            _reconciled[(svc.namespace, svc.name, svc.uid)] = svc.generation
+            # Read the Deployment again: it may have become Available while the other children were
+            # applied, and that event was left to this reconcile (see on_child_event).
+            deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name) or deployment
     else:
         # Leave whatever exists alone: a Deployment whose Secret vanished keeps serving its loaded model.
         deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
@@ -226,6 +239,8 @@ def on_child_event(
         log.info("restored %s %s/%s (%s)", kind, svc.namespace, name, "deleted" if event_type == "DELETED" else "drifted")
     if kind not in ("Deployment", "HorizontalPodAutoscaler") or name != svc.deployment_name:
         return restored, False
+    if not problems and _reconciled.get((svc.namespace, svc.name, svc.uid)) != svc.generation:
+        return restored, False  # the full reconcile is still applying; it writes status when done
     if kind == "Deployment":
         deployment = None if event_type == "DELETED" and not restored else current
         hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", svc.namespace, name) if svc.spec.autoscaled else None
