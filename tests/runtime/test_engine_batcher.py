@@ -215,3 +215,16 @@ def test_gpu_config_uses_device_and_pool(mobilenet_v3_dir: Path) -> None:
     cfg = build_config(load_model_files(mobilenet_v3_dir),
                        RuntimeSettings(model_dir=str(mobilenet_v3_dir), device="gpu", device_id=0, gpu_mem_mb=256))
     assert cfg.use_gpu() and cfg.gpu_device_id() == 0 and cfg.memory_pool_init_size_mb() == 256
+
+
+def test_single_row_requests_run_on_predictors_that_never_saw_batches(ocr_cls_dir: Path, reference: Any) -> None:
+    split, shared = _engine(ocr_cls_dir, workers=2), _engine(ocr_cls_dir, workers=2, single_row_predictor=False)
+    assert len(split._predictors) == 4 and split._batch_pool is not None
+    assert len(shared._predictors) == 2 and shared._batch_pool is None
+    x1 = np.random.default_rng(9).random((1, 3, 48, 192), dtype=np.float32)
+    x4 = np.random.default_rng(9).random((4, 3, 48, 192), dtype=np.float32)
+    for eng in (split, shared):
+        for x in (x1, x4, x1):
+            np.testing.assert_allclose(eng.predict({"x": x})["softmax_0.tmp_0"], reference(ocr_cls_dir, {"x": x})["softmax_0.tmp_0"],
+                                       rtol=1e-4, atol=1e-5)
+    assert split._pool.qsize() == 2 and split._batch_pool.qsize() == 2  # every predictor went back
