@@ -311,6 +311,13 @@ def test_model_change_with_update_canary_goes_through_the_canary(
     with load(runtimes.stable, runtimes.healthy_canary):
         apply(cluster, obj)
         wait_stable(cluster, namespace, "v1", dump)
+        # The rollout timer records the serving model within a tick of creation; a change before that
+        # is "first sight" and becomes the stable model directly.
+        wait_for(
+            lambda: rollout(cluster, namespace).get("stableModel", {}).get("uri") == old_uri,
+            30,
+            "stableModel",
+        )
         patch = {"spec": {"model": {"uri": new_uri, "version": "2"}}}
         cluster.kubectl("patch", "pms", NAME, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
         wait_for(lambda: rollout(cluster, namespace).get("weight") == 50, 60, "first step", dump=dump)
