@@ -233,7 +233,7 @@ spec:
     assert get_json(cluster, "deployment", "signed", "-n", ns) is None
     cluster.kubectl("create", "secret", "generic", "model-hmac", "-n", ns, "--from-literal=hmac.key=s3cret")
     # Retried with backoff (10 s, then 20 s ...), not hot-looped: recovers within the next retry or two.
-    wait_ready(cluster, ns, "signed", operator, timeout=75)
+    wait_ready(cluster, ns, "signed", operator, timeout=150)
     failures = operator.log().count(f"{ns}/signed] Handler 'pms_reconcile' failed temporarily")
     assert failures <= 4, f"{failures} retries: hot loop?"
 

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import kopf
@@ -74,6 +76,46 @@ def _ready(status: dict[str, Any] | None) -> str | None:
     return None
 
 
+class _Recheck:
+    """Safety net for blocked resources: every RECHECK_S, reconcile each one that last had a problem.
+
+    kopf's delayed retry of the TemporaryError above is the main path; in long e2e sessions it was
+    seen not to fire, leaving a resource Ready=False after its Secret appeared. One daemon thread,
+    one GET plus the precondition checks per blocked resource per period: no hot loop.
+    """
+
+    RECHECK_S = 20.0
+
+    def __init__(self) -> None:
+        self._pending: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._pending.add((namespace, name))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="recheck", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.RECHECK_S)
+            with self._lock:
+                pending = list(self._pending)
+            for namespace, name in pending:
+                try:
+                    body = kube().get(f"{GROUP}/{VERSION}", "PaddleModelService", namespace, name)
+                    if body is None or rc.reconcile(kube(), body).problems == []:
+                        with self._lock:
+                            self._pending.discard((namespace, name))
+                except Exception as e:  # keep the net alive; the next period tries again
+                    log.warning("recheck %s/%s: %s", namespace, name, e)
+
+
+_recheck = _Recheck()
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 def pms_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace, name): _plain(body)}
@@ -92,6 +134,7 @@ def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any)
         kopf.warn(body, reason="ReconcileFailed", message=f"{e} (retry in {delay:.0f}s)")
         raise kopf.TemporaryError(str(e), delay=delay) from e
     if result.problems:
+        _recheck.add(plain["metadata"]["namespace"], plain["metadata"]["name"])
         delay = backoff(retry)
         message = "; ".join(p.message for p in result.problems)
         kopf.warn(body, reason=result.problems[0].reason, message=f"{message} (retry in {delay:.0f}s)")
