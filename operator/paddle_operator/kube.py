@@ -9,8 +9,9 @@ import json
 import logging
 import os
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import urllib3
 from kubernetes import client, config
 
 from .spec import FIELD_MANAGER, GROUP, PLURAL, VERSION
@@ -91,18 +92,21 @@ class Kube:
         what: str = "",
     ) -> dict[str, Any] | None:
         """One call; returns the decoded JSON, None for 404 on GET/DELETE, raises KubeError otherwise."""
+        cfg = self.api.configuration
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        # A dict body: the client serialises it once as JSON, which is also valid YAML for apply-patch.
-        m, url, hdrs, data, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
+        # The client's own auth settings (bearer token, refreshed by its hook); client certificates and
+        # the CA live in its urllib3 pool. Going below the generated API keeps this independent of the
+        # client's major version, whose call signatures change between releases.
+        bearer = cfg.auth_settings().get("BearerToken") or {}
+        if bearer.get("value"):
+            headers[bearer["key"]] = bearer["value"]
+        url = cfg.host.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
+        # A dict body is sent once as JSON, which is also valid YAML for apply-patch.
+        data = body if body is None or isinstance(body, (str, bytes)) else json.dumps(body)
+        resp = self.api.rest_client.pool_manager.request(
+            method, url, body=data, headers=headers, timeout=urllib3.Timeout(*REQUEST_TIMEOUT)
         )
-        resp = self.api.call_api(m, url, header_params=hdrs, body=data, _request_timeout=REQUEST_TIMEOUT)
-        raw = resp.read()
+        raw = resp.data
         if resp.status == 404 and method in ("GET", "DELETE"):
             return None
         if resp.status >= 300:
