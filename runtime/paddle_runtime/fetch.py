@@ -40,7 +40,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -430,13 +430,17 @@ class _S3Source:
     def __init__(self, uri: str, opts: FetchOptions) -> None:
         parsed = urllib.parse.urlparse(uri)
         self.bucket, self.prefix, self.opts = parsed.netloc, parsed.path.lstrip("/"), opts
+        if not self.bucket:
+            raise FetchConfigError(f"{uri}: no bucket name (use s3://bucket/prefix)")
         try:
             import boto3  # optional extra: pip install 'paddle-sla-operator[s3]'
+            import boto3.exceptions
             import botocore.config
             import botocore.exceptions
         except ImportError as exc:
             raise FetchConfigError("s3:// needs boto3: pip install 'paddle-sla-operator[s3]'") from exc
         self._exc = botocore.exceptions
+        self._boto3_exc = boto3.exceptions
         endpoint = opts.s3_endpoint or os.environ.get("PADDLE_RUNTIME_S3_ENDPOINT") or None
         self.client = boto3.client(
             "s3",
@@ -450,13 +454,38 @@ class _S3Source:
 
     def _map(self, exc: Exception, what: str) -> FetchError:
         if isinstance(exc, self._exc.NoCredentialsError | self._exc.PartialCredentialsError):
-            return SourceAuthError(f"{what}: no S3 credentials ({exc})")
+            return SourceAuthError(
+                f"{what}: no S3 credentials ({exc}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(
+            exc,
+            self._exc.ParamValidationError
+            | self._exc.EndpointResolutionError
+            | self._exc.InvalidEndpointConfigurationError
+            | self._exc.NoRegionError,
+        ):
+            # A malformed --s3-endpoint or bucket name: retrying cannot help; say which setting is wrong.
+            return FetchConfigError(
+                f"{what}: {exc} (check --s3-endpoint / PADDLE_RUNTIME_S3_ENDPOINT and the URI)"
+            )
         if isinstance(exc, self._exc.ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            detail = f"{code} {err.get('Message') or ''}".strip()
+            op = getattr(exc, "operation_name", "")
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-                return SourceNotFoundError(f"{what}: {code}")
+                return SourceNotFoundError(
+                    f"{what}: {detail} ({op}; check the bucket name and the key/prefix)"
+                )
             if code in ("401", "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                return SourceAuthError(f"{what}: {code}")
+                return SourceAuthError(
+                    f"{what}: {detail} ({op}; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the "
+                    f"bucket policy)"
+                )
+            if 400 <= status < 500 and status not in (408, 429):
+                # Not worth a retry (a bad bucket name, a bad request): name it rather than "unavailable".
+                return FetchError(f"{what}: {detail} ({op}, HTTP {status})")
         return SourceUnavailableError(f"{what}: {exc}")
 
     def fetch_into(self, staging: Path) -> None:
@@ -486,7 +515,9 @@ class _S3Source:
             objects.sort(key=lambda o: o["Key"].endswith(MANIFEST_NAME))
             for o in objects:
                 rel = o["Key"][len(prefix) :]
-                if ".." in Path(rel).parts:
+                # An absolute part ("prefix//etc/x") would make ``staging / rel`` point outside staging.
+                rel_p = PurePosixPath(rel)
+                if rel_p.is_absolute() or ".." in rel_p.parts or rel.startswith("\\"):
                     raise TamperedModelError(f"{where}: unsafe object key {o['Key']!r}")
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.bucket, o["Key"], str(staging / rel), Callback=progress.add)
@@ -499,6 +530,9 @@ class _S3Source:
             raise
         except (self._exc.BotoCoreError, self._exc.ClientError) as exc:
             raise self._map(exc, where) from None
+        except self._boto3_exc.Boto3Error as exc:
+            # download_file's own RetriesExceededError: the body kept breaking off after every retry.
+            raise SourceUnavailableError(f"{where}: {exc}") from None
 
 
 def _extract_archive(archive: Path, into: Path) -> None:
