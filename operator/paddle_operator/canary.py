@@ -155,6 +155,13 @@ def forget(namespace: str, name: str, uid: str) -> None:
         _memory.pop((namespace, name, uid), None)
 
 
+def settled(namespace: str, name: str, uid: str) -> bool:
+    """This process has looked at the resource and its rollout is not in progress (nothing to time)."""
+    with _lock:
+        mem = _memory.get((namespace, name, uid))
+    return mem is not None and mem.state.phase not in ro.ACTIVE_PHASES
+
+
 def policy_for(svc: PaddleModelService) -> ro.RolloutPolicy:
     """``spec.rollout`` with thresholds resolved: explicit analysis values, else ``spec.sla``."""
     r, sla = svc.spec.rollout, svc.spec.sla

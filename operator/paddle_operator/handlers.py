@@ -6,23 +6,32 @@
   an API call.
 - ``child_event`` on every managed child kind: restores drifted or deleted children and refreshes the
   status when the Deployment or HPA changes (Ready follows the Deployment's Available condition).
+- ``_RolloutLoop``: one asyncio task (started in ``@kopf.on.startup``) that walks the index every
+  ``TICK_S`` and advances the rollouts in progress and refreshes ``status.sla``; idle resources cost
+  nothing per tick (no timer per resource).
 - Deletion needs no handler and no finalizer: children carry a controller owner reference and the
   garbage collector removes them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import json
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import quote
 
 import kopf
 
 from . import canary
 from . import reconcile as rc
 from .kube import Kube, KubeError
-from .spec import GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
+from .spec import FIELD_MANAGER, GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -154,20 +163,173 @@ def pms_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
     canary.forget(namespace, name, uid)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=canary.TICK_S, initial_delay=1.0, id="rollout")
-def pms_rollout(body: kopf.Body, **_: Any) -> None:
-    """Advance the canary (analysis only every spec.rollout.intervalSeconds) and refresh status.sla."""
-    plain = _plain(body)
-    if plain["metadata"].get("deletionTimestamp"):
-        return
+def post_event(involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Create a core/v1 Event about a resource, as ``kopf.event`` would.
+
+    For the shared rollout loop, which runs outside kopf's per-object handlers (where kopf's event
+    queue lives). Events are informational: a failure is logged, never raised.
+    """
+    meta = involved.get("metadata") or {}
+    namespace = meta.get("namespace") or "default"
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name', 'paddle')}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "reportingInstance": FIELD_MANAGER,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
     try:
-        result = canary.tick(kube(), plain)
-        canary.evaluate_sla(kube(), plain)
-    except KubeError as e:
-        raise kopf.TemporaryError(str(e), delay=canary.TICK_S) from e
-    for ev in result.events:
-        # Events carry the measured figures; status.rollout is the durable record.
-        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+        # Only ever created (RBAC: events create/patch), never read.
+        kube().request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=event)
+    except Exception as e:  # an event must never fail the work it reports on
+        log.warning("event %s on %s/%s not posted: %s", reason, namespace, meta.get("name"), e)
+
+
+class _RolloutLoop:
+    """One loop for the rollouts and SLA status of every resource, instead of a kopf timer per resource.
+
+    A kopf timer is an asyncio task and per-object state for each resource, ticking whether or not
+    anything is happening: at 1000 resources that was most of the operator's memory. Instead, every
+    ``TICK_S`` one task walks ``pms_index`` (already in memory for child events) and works only on:
+
+    - resources whose rollout is in progress, or whose rollout inputs (uid, generation,
+      ``status.stableTag``, ``status.rollout``) changed since they were last found idle: an idle
+      resource costs one dict lookup per tick;
+    - resources with SLA targets, every ``SLA_PERIOD_S`` (the ``status.sla`` refresh).
+
+    The work (blocking API and Prometheus calls) runs in a small thread pool; a resource still being
+    worked on is skipped, so one slow Prometheus does not hold the others up.
+    """
+
+    WORKERS = int(os.environ.get("PADDLE_OPERATOR_ROLLOUT_WORKERS", "8"))
+    INITIAL_DELAY_S = 1.0
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str], tuple[Any, ...]] = {}  # fingerprint when last found idle
+        self._next_sla: dict[tuple[str, str], float] = {}
+        self._busy: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pool: ThreadPoolExecutor | None = None
+
+    @staticmethod
+    def fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
+        """Everything a rollout tick reads that can change while the resource is idle."""
+        meta, status = body.get("metadata") or {}, body.get("status") or {}
+        rollout = json.dumps(status.get("rollout"), sort_keys=True, default=str)
+        return (meta.get("uid"), meta.get("generation"), status.get("stableTag"), rollout)
+
+    @staticmethod
+    def has_sla(body: dict[str, Any]) -> bool:
+        sla = (body.get("spec") or {}).get("sla") or {}
+        return sla.get("latencyP99Ms") is not None or sla.get("availability") is not None
+
+    def due(self, index: Any, now: float) -> list[tuple[tuple[str, str], dict[str, Any], bool, bool]]:
+        """(key, body, tick?, sla?) for each resource with work this period."""
+        work = []
+        seen = set()
+        for key, store in list(index.items()):
+            seen.add(key)
+            bodies = list(store)
+            if key in self._busy or not bodies:
+                continue
+            body = bodies[-1]
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            tick = self._idle.get(key) != self.fingerprint(body)
+            sla = self.has_sla(body) and now >= self._next_sla.get(key, 0.0)
+            if tick or sla:
+                work.append((key, body, tick, sla))
+        for gone in (set(self._idle) | set(self._next_sla)) - seen:  # deleted resources
+            self._idle.pop(gone, None)
+            self._next_sla.pop(gone, None)
+        return work
+
+    @staticmethod
+    def run_one(body: dict[str, Any], tick: bool, sla: bool, now: float) -> tuple[bool, bool]:
+        """In a worker thread: (found idle, SLA evaluated)."""
+        meta = body["metadata"]
+        idle = evaluated = False
+        try:
+            if tick:
+                result = canary.tick(kube(), body)
+                for ev in result.events:
+                    # Events carry the measured figures; status.rollout is the durable record.
+                    post_event(body, ev.type, ev.reason, ev.message)
+                idle = (
+                    not (result.status or result.applied or result.events)
+                    and canary.settled(meta["namespace"], meta["name"], meta.get("uid", ""))
+                )
+            if sla:
+                canary.evaluate_sla(kube(), body, now=now)
+                evaluated = True
+        except KubeError as e:  # the next period tries again
+            log.warning("rollout %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
+        except Exception:  # keep the loop alive whatever one resource does
+            log.exception("rollout %s/%s", meta.get("namespace"), meta.get("name"))
+        return idle, evaluated
+
+    async def _work(
+        self, key: tuple[str, str], body: dict[str, Any], tick: bool, sla: bool, now: float
+    ) -> None:
+        self._busy.add(key)
+        try:
+            loop = asyncio.get_running_loop()
+            idle, evaluated = await loop.run_in_executor(self._pool, self.run_one, body, tick, sla, now)
+            if tick:
+                if idle:
+                    self._idle[key] = self.fingerprint(body)
+                else:
+                    self._idle.pop(key, None)
+            if evaluated:
+                self._next_sla[key] = now + canary.SLA_PERIOD_S
+        finally:
+            self._busy.discard(key)
+
+    async def run(self, index: Any) -> None:
+        self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="rollout")
+        await asyncio.sleep(self.INITIAL_DELAY_S)
+        while True:
+            started = time.monotonic()
+            try:
+                for key, body, tick, sla in self.due(index, time.time()):
+                    task = asyncio.create_task(self._work(key, body, tick, sla, time.time()))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except Exception:  # noqa: BLE001 - a bad pass must not end rollouts for good
+                log.exception("rollout loop")
+            await asyncio.sleep(max(0.1, canary.TICK_S - (time.monotonic() - started)))
+
+
+_rollout_loop = _RolloutLoop()
+_rollout_task: asyncio.Task[None] | None = None
+
+
+@kopf.on.startup()
+async def start_rollout_loop(pms_index: kopf.Index, **_: Any) -> None:
+    """Start the shared rollout loop; the index it walks fills as kopf lists the resources."""
+    global _rollout_task
+    _rollout_task = asyncio.create_task(_rollout_loop.run(pms_index), name="rollout loop")
+
+
+@kopf.on.cleanup()
+async def stop_rollout_loop(**_: Any) -> None:
+    if _rollout_task is not None:
+        _rollout_task.cancel()
 
 
 def child_event(
