@@ -103,9 +103,9 @@ class Kube:
         url = cfg.host.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
         # A dict body is sent once as JSON, which is also valid YAML for apply-patch.
         data = body if body is None or isinstance(body, (str, bytes)) else json.dumps(body)
-        resp = self.api.rest_client.pool_manager.request(
-            method, url, body=data, headers=headers, timeout=urllib3.Timeout(*REQUEST_TIMEOUT)
-        )
+        # Keywords: urllib3.Timeout's first positional parameter is the *total* time, not connect.
+        timeout = urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1])
+        resp = self.api.rest_client.pool_manager.request(method, url, body=data, headers=headers, timeout=timeout)
         raw = resp.data
         if resp.status == 404 and method in ("GET", "DELETE"):
             return None
