@@ -153,8 +153,8 @@ def forget(namespace: str, name: str, uid: str) -> None:
 
 
 # Shared by all reconciles; each submits its few children and waits for them (no nested submits).
-# As many threads as the API client keeps connections (kube.load_api_client).
-_APPLY_POOL = ThreadPoolExecutor(int(os.environ.get("PADDLE_OPERATOR_APPLY_WORKERS", "64")),
+# Bounded: together with the 48 handler threads it should stay near the API client's 64 connections.
+_APPLY_POOL = ThreadPoolExecutor(int(os.environ.get("PADDLE_OPERATOR_APPLY_WORKERS", "32")),
                                  thread_name_prefix="apply")
 
 
