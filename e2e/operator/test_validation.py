@@ -51,6 +51,15 @@ INVALID = [
         "spec.fallback.latencyThresholdMs",
     ),
     ({"spec.fallback": {"uri": "s3://models/ocr"}}, "spec.fallback.uri"),
+    (
+        {"spec.fallback": {"uri": "s3://models/small", "recoverySteps": [10, 50]}},
+        "spec.fallback.recoverySteps must end with 100",
+    ),
+    (
+        {"spec.fallback": {"uri": "s3://models/small", "recoverySteps": [60, 30, 100]}},
+        "spec.fallback.recoverySteps must increase",
+    ),
+    ({"spec.fallback": {"uri": "s3://models/small", "errorThreshold": 0.05}}, "spec.fallback.errorThreshold"),
     ({"spec.autoscaling.targetGPUUtilization": 60}, "spec.autoscaling.targetGPUUtilization"),
     ({"spec.model.uri": "ftp://models/ocr"}, "spec.model.uri"),
     ({"spec.model": _DELETE}, "spec.model"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "serving.paddlesla.io"
@@ -93,11 +93,24 @@ class Fallback(_Model):
     """A smaller model the runtime switches to when the main one breaks its thresholds."""
 
     uri: str
+    # Mean latency of the last ``window`` main-model requests that triggers the switch (runtime
+    # semantics, runtime/paddle_runtime/fallback.py); default derived from spec.sla.latencyP99Ms.
     latency_threshold_ms: int | None = None
-    window: int = 200
-    error_threshold: float = 0.05
-    recovery_ratio: float = 0.8
-    recovery_steps: int = 3
+    window: int = 10
+    # K consecutive main-model errors. The CRD takes an integer >= 1; a ratio < 1 stored under the
+    # older schema is passed through as is (the runtime reads < 1 as an error ratio over the window).
+    error_threshold: int | float = 3
+    recovery_ratio: float = 0.7
+    # Percent of traffic back on the main model at each ramp step; increasing, ending at 100.
+    recovery_steps: tuple[int, ...] = (10, 30, 60, 100)
+
+    @field_validator("recovery_steps", mode="before")
+    @classmethod
+    def _even_steps(cls, v: Any) -> Any:
+        """An integer N (the older schema) means N even steps, as the runtime reads it: 3 -> 33, 67, 100."""
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return tuple(round(100 * (i + 1) / v) for i in range(v))
+        return v
 
 
 class Resources(_Model):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pms_cases import GOLDEN, load_case
+from pms_cases import GOLDEN, ROOT, load_case
 
 from paddle_operator.builders import (
     CANARY,
@@ -132,6 +132,39 @@ def test_fallback_threshold_derived_from_sla() -> None:
     config = yaml.safe_load(build_configmap(load_case("full"))["data"]["config.yaml"])
     assert config["fallback_latency_threshold_ms"] == 160  # 80% of the 200 ms SLA
     assert config["fallback_model_dir"] == "/models/fallback"
+
+
+def _fallback_config(fallback: dict[str, Any]) -> dict[str, Any]:
+    body = yaml.safe_load((ROOT / "examples/01-minimal/paddlemodelservice.yaml").read_text())
+    body["metadata"].update(namespace="default", uid="u-1", generation=1)
+    body["spec"]["fallback"] = fallback
+    return yaml.safe_load(build_configmap(PaddleModelService.from_body(body))["data"]["config.yaml"])
+
+
+def test_fallback_defaults_are_the_runtime_semantics() -> None:
+    """Issue 3: last 10 requests, 3 consecutive errors, back below 0.7x, ramp 10 -> 30 -> 60 -> 100 %."""
+    config = _fallback_config({"uri": "s3://models/small"})
+    derived = ("fallback_model_dir", "fallback_latency_threshold_ms")  # from the spec and the SLA
+    fallback = {k: v for k, v in config.items() if k.startswith("fallback_") and k not in derived}
+    assert fallback == {
+        "fallback_window": 10,
+        "fallback_error_threshold": 3,
+        "fallback_recovery_ratio": 0.7,
+        "fallback_recovery_steps": [10, 30, 60, 100],
+    }
+    runtime_settings = pytest.importorskip("paddle_runtime.settings")
+    # What we write is what the runtime reads, unchanged (same names, same meaning).
+    parsed = runtime_settings.RuntimeSettings(model_dir="/models/main", **fallback)
+    assert {k: getattr(parsed, k) for k in fallback} == fallback
+    defaults = runtime_settings.RuntimeSettings(model_dir="/models/main")
+    assert {k: getattr(defaults, k) for k in fallback} == fallback
+
+
+def test_fallback_fields_of_the_older_schema_keep_their_meaning() -> None:
+    # recoverySteps was an integer (N even steps, as the runtime reads an int), errorThreshold a ratio.
+    config = _fallback_config({"uri": "s3://models/small", "recoverySteps": 3, "errorThreshold": 0.05})
+    assert config["fallback_recovery_steps"] == [33, 67, 100]
+    assert config["fallback_error_threshold"] == 0.05
 
 
 def test_hot_reload_keeps_model_uri_out_of_the_pod_template() -> None:

@@ -53,7 +53,7 @@ def runtime_settings(svc: PaddleModelService) -> dict[str, Any]:
         settings["fallback_window"] = fb.window
         settings["fallback_error_threshold"] = fb.error_threshold
         settings["fallback_recovery_ratio"] = fb.recovery_ratio
-        settings["fallback_recovery_steps"] = fb.recovery_steps
+        settings["fallback_recovery_steps"] = list(fb.recovery_steps)
     if svc.spec.model.update == "HotReload":
         settings["reload_poll_s"] = HOT_RELOAD_POLL_S
     return settings
