@@ -99,7 +99,8 @@ def ns(cluster: Any, crd_installed: None) -> Iterator[str]:
 
 
 def test_base_object_is_valid(cluster: Any, crd_installed: None, ns: str) -> None:
-    cluster.kubectl("create", "--dry-run=server", "-n", ns, "-f", "-", input=yaml.safe_dump(BASE))
+    out = cluster.kubectl("create", "--dry-run=server", "-n", ns, "-f", "-", input=yaml.safe_dump(BASE))
+    assert "created (server dry run)" in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize(("mutations", "field"), INVALID, ids=[f for _, f in INVALID])

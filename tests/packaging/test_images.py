@@ -126,4 +126,6 @@ def test_runtime_image_holds_the_models_file_uris_point_at(runtime_dockerfile: P
 
 @pytest.mark.parametrize("dockerfile", [RUNTIME_DOCKERFILE], ids=["runtime/Dockerfile"])
 def test_runtime_dockerfile_copies_only_what_exists(runtime_dockerfile: Path, dockerfile: Path):
+    # Same checks as for the operator image (they assert inside).
     test_everything_copied_exists_and_is_in_the_build_context(dockerfile)
+    assert "COPY" in runtime_dockerfile.read_text()
