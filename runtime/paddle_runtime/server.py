@@ -316,16 +316,26 @@ class App:
             raise Unavailable("the runtime is shutting down")
         return await h.infer(inputs)
 
-    async def infer(self, h: ModelHandle, req: Request) -> Response:
+    async def _accounted(
+        self, h: ModelHandle, work: Callable[[Callable[[dict[str, np.ndarray]], Awaitable[InferResult]]],
+                                             Awaitable[Response]]
+    ) -> Response:
+        """Per-request accounting shared by the inference routes: in-flight gauge, request counter by
+        code, latency of successful requests. ``work`` gets a ``run(inputs)`` that records which model
+        version and role answered, so the labels name them even when encoding the answer fails."""
         t0 = time.perf_counter()
         gauge = self._inflight(h.name)
         gauge.inc()
-        version, role, code = h.version, getattr(h, "role", "main"), 500
+        labels = [h.version, getattr(h, "role", "main")]
+        code = 500
+
+        async def run(inputs: dict[str, np.ndarray]) -> InferResult:
+            result = await self._run(h, inputs)
+            labels[0], labels[1] = result.model_version, result.role
+            return result
+
         try:
-            ireq = decode_infer_request(req.body, req.headers, h)
-            result = await self._run(h, ireq.inputs)
-            version, role = result.model_version, result.role
-            resp = encode_infer_response(h, ireq, result)
+            resp = await work(run)
             code = 200
             return resp
         except RuntimeError_ as e:
@@ -333,18 +343,22 @@ class App:
             raise
         finally:
             gauge.dec()
-            metrics.REQUESTS.labels(h.name, version, role, str(code)).inc()
+            metrics.REQUESTS.labels(h.name, *labels, str(code)).inc()
             if code == 200:
-                metrics.REQUEST_DURATION.labels(h.name, version, role).observe(time.perf_counter() - t0)
+                metrics.REQUEST_DURATION.labels(h.name, *labels).observe(time.perf_counter() - t0)
+
+    async def infer(self, h: ModelHandle, req: Request) -> Response:
+        async def work(run: Callable[[dict[str, np.ndarray]], Awaitable[InferResult]]) -> Response:
+            ireq = decode_infer_request(req.body, req.headers, h)
+            return encode_infer_response(h, ireq, await run(ireq.inputs))
+
+        return await self._accounted(h, work)
 
     async def predict(self, req: Request) -> Response:
         """Simple form: ``{"inputs": {name: nested list}}`` (or ``{"instances": [...]}`` for one input)."""
         h = self._model(self.handle.name if self.handle else "", None)
-        t0 = time.perf_counter()
-        gauge = self._inflight(h.name)
-        gauge.inc()
-        version, role, code = h.version, getattr(h, "role", "main"), 500
-        try:
+
+        async def work(run: Callable[[dict[str, np.ndarray]], Awaitable[InferResult]]) -> Response:
             try:
                 body = orjson.loads(req.body)
             except orjson.JSONDecodeError as e:
@@ -367,20 +381,13 @@ class App:
                     inputs[name] = np.asarray(data, dtype=specs[name].dtype)
                 except (ValueError, TypeError) as e:
                     raise InvalidInput(f"input '{name}' cannot be read as {specs[name].datatype}: {e}") from None
-            result = await self._run(h, inputs)
+            result = await run(inputs)
             version, role = result.model_version, result.role
-            code = 200
             return json_response({"model_name": h.name, "model_version": version, "model_role": role,
                                   "outputs": {n: np.ascontiguousarray(a) for n, a in result.outputs.items()}},
                                  headers={MODEL_ROLE_HEADER: role, MODEL_VERSION_HEADER: version})
-        except RuntimeError_ as e:
-            code = e.status
-            raise
-        finally:
-            gauge.dec()
-            metrics.REQUESTS.labels(h.name, version, role, str(code)).inc()
-            if code == 200:
-                metrics.REQUEST_DURATION.labels(h.name, version, role).observe(time.perf_counter() - t0)
+
+        return await self._accounted(h, work)
 
     def _inflight(self, model: str) -> Any:
         g = self._inflight_gauges.get(model)
