@@ -9,17 +9,20 @@ into ``$PADDLE_SLA_CACHE/bin/<k8s version>/`` and reused from then on.
 Modes (``open_cluster``): the local control plane (default), ``E2E_CLUSTER=kind`` (a throw-away
 kind cluster, for machines with Docker), or ``E2E_KUBECONFIG=path`` (an existing cluster, left alone).
 
-Modules, one job each: ``build`` (binaries), ``pki`` (certificates), ``procs`` (process helpers),
+Modules, one job each: ``binaries`` (the Go builds), ``pki`` (certificates), ``procs`` (process helpers),
 ``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``.
 
 CLI: ``python -m e2e.cluster build|up|down|status|env``.
 """
+
 from __future__ import annotations
 
-from .build import (
+from .binaries import (
     BINARIES,
+    CONTROL,
     GO_DIR,
     TARGETS,
+    WITH_NODE,
     Target,
     _stderr_log,
     bin_dir,
@@ -30,11 +33,14 @@ from .build import (
     pinned_versions,
 )
 from .control import FAKE_NODE_ANNOTATION, FAKE_NODE_CAPACITY, POD_CIDR, SERVICE_CIDR, LocalCluster, fake_node
-from .handle import Cluster, CommandError, open_cluster
+from .handle import Cluster, CommandError, node_images, open_cluster
 from .procs import ClusterStartError
 
 __all__ = [
     "BINARIES",
+    "CONTROL",
+    "WITH_NODE",
+    "node_images",
     "FAKE_NODE_ANNOTATION",
     "FAKE_NODE_CAPACITY",
     "GO_DIR",

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __doc__ as PACKAGE_DOC
-from .build import _stderr_log, build, cache_dir
+from .binaries import CONTROL, WITH_NODE, _stderr_log, build, cache_dir
 from .control import LocalCluster
-from .handle import _install_sigterm_handler
+from .handle import _install_sigterm_handler, node_images
+from .node import RealNode
 
 
 def _dev_state_dir(name: str) -> Path:
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or reuse) the pinned binaries")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument("--no-real-node", action="store_true", help="only the control plane's binaries")
     for cmd, text in (
         ("up", "start a persistent local cluster"),
         ("down", "stop it and remove its state"),
@@ -49,10 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if cmd == "up":
             p.add_argument("--nodes", type=int, default=2, help="number of fake kwok nodes")
+            p.add_argument(
+                "--real-node",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="also start a real node (containerd + kubelet + kube-proxy; images built with buildah)",
+            )
     args = parser.parse_args(argv)
 
     if args.cmd == "build":
-        d = build(force=args.force)
+        d = build(force=args.force, groups=CONTROL if args.no_real_node else WITH_NODE)
         print(d)
         return 0
 
@@ -64,8 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if local:
                 local.stop()  # stale: some process died; start afresh
             shutil.rmtree(_dev_state_dir(args.name), ignore_errors=True)
+            groups = WITH_NODE if args.real_node else CONTROL
             local = LocalCluster(
-                state_dir=_dev_state_dir(args.name), bins=build(), persistent=True, nodes=args.nodes
+                state_dir=_dev_state_dir(args.name),
+                bins=build(groups=groups),
+                persistent=True,
+                nodes=args.nodes,
+                real_node=args.real_node,
+                node_images=node_images(_stderr_log) if args.real_node else (),
             )
             _install_sigterm_handler()
             local.start()  # stops and cleans up by itself if interrupted
@@ -87,17 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # status
     alive = local.alive()
-    for name in LocalCluster.ORDER:
-        print(f"{name:24} pid {local.pids.get(name, '-')!s:>8}  {'running' if alive.get(name) else 'DOWN'}")
+    pids = {**local.pids, **(local.node.pids if local.node else {})}
+    for name in [*LocalCluster.ORDER, *(RealNode.ORDER if local.node else ())]:
+        print(f"{name:24} pid {pids.get(name, '-')!s:>8}  {'running' if alive.get(name) else 'DOWN'}")
+    if local.net:
+        print(
+            f"real node: {local.node.name if local.node else '?'} at {local.net.node_ip}, namespace "
+            f"{local.net.netns}, pods {local.net.pod_cidr}, services {local.net.service_cidr}"
+        )
     try:
         ok = local._healthy("kube-apiserver", "/readyz")
     except Exception as exc:  # status reports; it does not raise
         ok, why = False, str(exc)
     else:
         why = ""
-    print(
-        f"API https://127.0.0.1:{local.ports.get('kube-apiserver')}: {'ready' if ok else 'NOT ready ' + why}"
-    )
+    print(f"API {local.api_url}: {'ready' if ok else 'NOT ready ' + why}")
     print(f"kubeconfig: {local.kubeconfig}")
     return 0 if ok and all(alive.values()) else 1
 

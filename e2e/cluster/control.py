@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .build import BINARIES, _stderr_log, bin_dir
-from .pki import _kubeconfig, _write_pki
+from .binaries import BINARIES, NODE_BINARIES, _stderr_log, bin_dir
+from .node import NodeNetwork, RealNode, claim_network, release_network
+from .pki import SERVICE_IP, _kubeconfig, _write_pki
 from .procs import ClusterStartError, _die_with_parent, _free_port, _pid_alive, _pid_is, _tail
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -31,12 +32,19 @@ class LocalCluster:
     """The local control plane rooted at ``state_dir`` (certs, etcd data, logs, kubeconfig, state.json).
 
     ``persistent`` clusters (``make cluster-up``) outlive this process; test clusters die with it.
+    With ``real_node`` the cluster gets a real node (``node.py``) beside the kwok nodes: the API
+    server then binds the host end of the node's link instead of loopback, so pods can reach it.
+    ``node_images`` are (archive, reference) pairs imported into the node's containerd.
     """
 
     state_dir: Path
     bins: Path = field(default_factory=bin_dir)
     persistent: bool = False
     nodes: int = 2
+    real_node: bool = False
+    node_images: Sequence[tuple[Path, str]] = ()
+    net: NodeNetwork | None = None
+    node: RealNode | None = None
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
@@ -55,12 +63,27 @@ class LocalCluster:
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def api_host(self) -> str:
+        """Where the API server listens: loopback, or the host end of the real node's link."""
+        return self.net.host_ip if self.net else "127.0.0.1"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://{self.api_host}:{self.ports['kube-apiserver']}"
+
+    @property
+    def service_cidr(self) -> str:
+        return self.net.service_cidr if self.net else SERVICE_CIDR
+
     def _save(self) -> None:
         state = {
             "bin_dir": str(self.bins),
             "ports": self.ports,
             "pids": self.pids,
             "persistent": self.persistent,
+            "slot": self.net.slot if self.net else None,
+            "node_pids": self.node.pids if self.node else {},
         }
         tmp = self.state_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -70,12 +93,28 @@ class LocalCluster:
     def attach(cls, state_dir: Path) -> LocalCluster:
         """A handle on a cluster started by another process (``up`` then ``down``)."""
         state = json.loads((state_dir / "state.json").read_text())
-        return cls(
+        c = cls(
             state_dir=state_dir,
             bins=Path(state["bin_dir"]),
             persistent=state.get("persistent", True),
             ports=state["ports"],
             pids={k: int(v) for k, v in state["pids"].items()},
+        )
+        if state.get("slot") is not None:
+            c.real_node, c.net = True, NodeNetwork(int(state["slot"]))
+            c.node = c._new_node()
+            c.node.pids = {k: int(v) for k, v in state.get("node_pids", {}).items()}
+        return c
+
+    def _new_node(self) -> RealNode:
+        assert self.net is not None
+        return RealNode(
+            root=self.state_dir / "node",
+            bins=self.bins,
+            net=self.net,
+            api_url=self.api_url,
+            pki=self.pki,
+            persistent=self.persistent,
         )
 
     # -- start ---------------------------------------------------------------------
@@ -133,7 +172,7 @@ class LocalCluster:
     def api(self, path: str, method: str = "GET", body: dict | None = None, timeout: float = 10) -> dict:
         """A JSON request to the API server as cluster admin (no kubectl process needed)."""
         req = urllib.request.Request(
-            f"https://127.0.0.1:{self.ports['kube-apiserver']}{path}",
+            f"{self.api_url}{path}",
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Content-Type": "application/json", "Accept": "application/json"},
@@ -149,13 +188,15 @@ class LocalCluster:
 
     def _healthy(self, component: str, path: str) -> bool:
         verify = component == "kube-apiserver"
-        url = f"https://127.0.0.1:{self.ports[component]}{path}"
+        host = self.api_host if verify else "127.0.0.1"
+        url = f"https://{host}:{self.ports[component]}{path}"
         with urllib.request.urlopen(url, context=self._ssl(verify), timeout=5) as resp:
             return resp.status == 200 and resp.read().strip() == b"ok"
 
     def start(self, timeout: float = 180, log: Callable[[str], None] = _stderr_log) -> LocalCluster:
         """Start every component, register the fake nodes and wait until the cluster works."""
-        missing = [b for b in BINARIES if not (self.bins / b).is_file()]
+        needed = [*BINARIES, *(NODE_BINARIES if self.real_node else ())]
+        missing = [b for b in needed if not (self.bins / b).is_file()]
         if missing:
             raise ClusterStartError(
                 f"missing binaries in {self.bins}: {missing}; run `python -m e2e.cluster build`"
@@ -163,9 +204,13 @@ class LocalCluster:
         t0 = time.monotonic()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        _write_pki(self.pki)
+        if self.real_node and self.net is None:
+            self.net = claim_network(self.state_dir, log)
+            log(f"real node network up: namespace {self.net.netns}, API at {self.net.host_ip}")
+        api_ips = ["127.0.0.1", SERVICE_IP] + ([self.net.host_ip, self.net.service_ip] if self.net else [])
+        _write_pki(self.pki, api_ips)
         self.ports = {n: _free_port() for n in ("etcd", "etcd-peer", *self.ORDER[1:4])}
-        api = f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+        api = self.api_url
         self.kubeconfig.write_text(_kubeconfig(self.pki, api))
         os.chmod(self.kubeconfig, 0o600)
         pki, kc = self.pki, str(self.kubeconfig)
@@ -193,8 +238,8 @@ class LocalCluster:
                 "kube-apiserver",
                 [
                     f"--etcd-servers={etcd_url}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
+                    f"--bind-address={self.api_host}",
+                    f"--advertise-address={self.api_host}",
                     f"--secure-port={self.ports['kube-apiserver']}",
                     f"--cert-dir={self.state_dir / 'apiserver-certs'}",
                     f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -203,8 +248,13 @@ class LocalCluster:
                     f"--service-account-key-file={pki / 'sa.pub'}",
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    f"--service-cluster-ip-range={self.service_cidr}",
                     "--authorization-mode=Node,RBAC",  # real RBAC: the operator's ClusterRole is exercised
+                    "--enable-admission-plugins=NodeRestriction",
+                    # The API server reaches kubelets (logs, exec) by address, with its own identity.
+                    "--kubelet-preferred-address-types=InternalIP",
+                    f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                    f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                     "--allow-privileged=true",
                     f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
                     "--requestheader-allowed-names=front-proxy-client",
@@ -242,7 +292,7 @@ class LocalCluster:
                     f"--service-account-private-key-file={pki / 'sa.key'}",
                     f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                     f"--cluster-signing-key-file={pki / 'ca.key'}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    f"--service-cluster-ip-range={self.service_cidr}",
                     # kwok's fake kubelets heartbeat from one process; on a small shared machine a busy
                     # minute delays them past the 50 s default, the node controller marks the nodes
                     # NotReady and every fake pod's Ready turns False for good (kwok does not set it back).
@@ -282,11 +332,24 @@ class LocalCluster:
             )
             for c in ("kube-controller-manager", "kube-scheduler"):
                 self._wait(f"{c} /healthz", lambda c=c: self._healthy(c, "/healthz"), timeout, c)
+            if self.real_node:
+                self.node = self._new_node()
+                try:
+                    self.node.start(self._node_ready, images=self.node_images, log=log)
+                finally:
+                    self._save()
         except BaseException:
             self.stop(remove=not self.persistent)
             raise
         log(f"cluster ready in {time.monotonic() - t0:.1f}s (kubeconfig {self.kubeconfig})")
         return self
+
+    def _node_ready(self, name: str) -> bool:
+        node = self.api(f"/api/v1/nodes/{name}")
+        return any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in node.get("status", {}).get("conditions", [])
+        )
 
     def _ready_nodes(self) -> int:
         items = self.api("/api/v1/nodes")["items"]
@@ -300,9 +363,12 @@ class LocalCluster:
     # -- status / stop ---------------------------------------------------------------
 
     def alive(self) -> dict[str, bool]:
-        return {
+        alive = {
             name: _pid_alive(pid) and _pid_is(pid, str(self.bins / name)) for name, pid in self.pids.items()
         }
+        if self.node is not None:
+            alive.update(self.node.alive())
+        return alive
 
     def stop(self, remove: bool = True, grace: float = 15) -> None:
         """Stop each process group in turn (SIGTERM, SIGKILL after ``grace`` s), then drop the state dir.
@@ -310,6 +376,8 @@ class LocalCluster:
         One at a time, dependants first (kwok ... etcd): the API server exits in about a second while
         etcd is up, but hangs in its graceful shutdown when etcd vanishes under it.
         """
+        if self.node is not None:  # first: its kubelet and containers need nothing from the others
+            self.node.stop()
         targets = {n: p for n, p in self.pids.items() if _pid_is(p, str(self.bins / n))}
         for name in [*reversed(self.ORDER), *(n for n in targets if n not in self.ORDER)]:
             if name not in targets:
@@ -329,6 +397,10 @@ class LocalCluster:
             proc.wait(timeout=10)  # reap our children, including ones that died on their own
         self.pids.clear()
         self._procs.clear()
+        if self.net is not None:
+            release_network(self.net)
+            self.net = None
+            self.node = None
         if remove:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         elif self.state_dir.exists():

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import _stderr_log, build
+from .binaries import CONTROL, WITH_NODE, _stderr_log, build
 from .control import FAKE_NODE_CAPACITY, ClusterStartError, LocalCluster
+from .node import REAL_NODE_LABEL, REAL_NODE_TAINT
 
 
 class CommandError(subprocess.CalledProcessError):
@@ -37,6 +38,16 @@ class Cluster:
     local: LocalCluster | None = None
     # Helm's cache/config/data dirs; under the throw-away state dir so runs never touch $HOME.
     helm_home: Path | None = None
+
+    @property
+    def real_node(self) -> str | None:
+        """The real node's name when this cluster has one (local mode with ``real_node``)."""
+        node = self.local.node if self.local else None
+        return node.name if node else None
+
+    # What a pod spec needs to run on the real node (it is tainted so kwok-bound workloads stay off it).
+    REAL_NODE_SELECTOR = {REAL_NODE_LABEL: "real"}
+    REAL_NODE_TOLERATIONS = ({"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"},)
 
     @property
     def env(self) -> dict[str, str]:
@@ -110,13 +121,21 @@ def _sweep_stale_sessions(log: Callable[[str], None]) -> None:
             log(f"removed the state dir of a killed session: {d}")
 
 
+def node_images(log: Callable[[str], None]) -> list[tuple[Path, str]]:
+    """The images a real node needs, built here with buildah (``e2e/images.py``): pause + ours."""
+    from e2e.images import ensure_images
+
+    return [(img.archive, img.ref) for img in ensure_images(log=log).all()]
+
+
 @contextlib.contextmanager
-def _local_cluster(log: Callable[[str], None]) -> Iterator[Cluster]:
-    bins = build(log=log)
+def _local_cluster(log: Callable[[str], None], real_node: bool = False) -> Iterator[Cluster]:
+    bins = build(log=log, groups=WITH_NODE if real_node else CONTROL)
+    images = node_images(log) if real_node else []
     keep = os.environ.get("E2E_KEEP_STATE") == "1"
     _sweep_stale_sessions(log)
     state = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX))
-    local = LocalCluster(state_dir=state, bins=bins)
+    local = LocalCluster(state_dir=state, bins=bins, real_node=real_node, node_images=images)
     try:
         try:
             local.start(log=log)
@@ -169,8 +188,11 @@ def _kind_cluster(log: Callable[[str], None]) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def open_cluster(log: Callable[[str], None] = _stderr_log) -> Iterator[Cluster]:
-    """The cluster the e2e suite runs against, chosen by environment (see the module docstring)."""
+def open_cluster(log: Callable[[str], None] = _stderr_log, real_node: bool = False) -> Iterator[Cluster]:
+    """The cluster the e2e suite runs against, chosen by environment (see the module docstring).
+
+    ``real_node``: the local cluster also gets a real node (containerd + kubelet) for real pods.
+    """
     _install_sigterm_handler()
     existing = os.environ.get("E2E_KUBECONFIG")
     mode = os.environ.get("E2E_CLUSTER", "local")
@@ -181,7 +203,7 @@ def open_cluster(log: Callable[[str], None] = _stderr_log) -> Iterator[Cluster]:
         with _kind_cluster(log) as c:
             yield c
     elif mode == "local":
-        with _local_cluster(log) as c:
+        with _local_cluster(log, real_node=real_node) as c:
             yield c
     else:
         raise ValueError(f"E2E_CLUSTER={mode!r}: expected 'local' or 'kind'")

@@ -28,6 +28,9 @@ class Target:
     module_dir: str
     module: str
     package: str
+    # "control": the control plane and the tools every e2e run needs; "node": the real node's
+    # container runtime and kubelet, built only when a run needs a real node.
+    group: str = "control"
 
 
 # Order matters only for progress: the control plane first, helpers last.
@@ -44,8 +47,41 @@ TARGETS: tuple[Target, ...] = (
     Target("kube-scheduler", "kube", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"),
     Target("kubectl", "kube", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubectl"),
     Target("helm", "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm"),
+    # The real node: kubelet and kube-proxy from the same Kubernetes pin; containerd v2 (the
+    # release line Kubernetes 1.34 supports) with its runc shim and ctr for image imports.
+    Target("kubelet", "kube", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubelet", "node"),
+    Target("kube-proxy", "kube", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kube-proxy", "node"),
+    Target(
+        "containerd",
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        "github.com/containerd/containerd/v2/cmd/containerd",
+        "node",
+    ),
+    Target(
+        "containerd-shim-runc-v2",
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        "node",
+    ),
+    Target(
+        "ctr",
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        "github.com/containerd/containerd/v2/cmd/ctr",
+        "node",
+    ),
 )
-BINARIES: tuple[str, ...] = tuple(t.name for t in TARGETS)
+CONTROL: tuple[str, ...] = ("control",)
+WITH_NODE: tuple[str, ...] = ("control", "node")
+BINARIES: tuple[str, ...] = tuple(t.name for t in TARGETS if t.group == "control")
+NODE_BINARIES: tuple[str, ...] = tuple(t.name for t in TARGETS if t.group == "node")
+
+
+def targets(groups: tuple[str, ...] = CONTROL) -> tuple[Target, ...]:
+    """The targets of ``groups``, in build order."""
+    return tuple(t for t in TARGETS if t.group in groups)
 
 
 def _required_version(module_dir: str, module: str) -> str:
@@ -144,6 +180,11 @@ def _version_ldflags(target: Target) -> list[str]:
         for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
             flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={minor}"]
         return flags
+    if target.module == "github.com/containerd/containerd/v2":
+        version = _required_version(target.module_dir, target.module)
+        pkg = "github.com/containerd/containerd/v2/version"
+        # The CRI Version RPC reports this: the node shows containerd://2.4.2, not 2.4.2+unknown.
+        return [f"-X {pkg}.Version={version.lstrip('v')}", f"-X {pkg}.Revision={version}"]
     return []  # etcd and kwok carry their versions in source
 
 
@@ -154,11 +195,13 @@ def _read_stamp(directory: Path) -> dict[str, dict[str, str]]:
         return {}
 
 
-def binaries_ready(directory: Path | None = None) -> bool:
-    """True when every binary exists and its stamp matches the pinned version (no Go needed)."""
+def binaries_ready(directory: Path | None = None, groups: tuple[str, ...] = CONTROL) -> bool:
+    """True when every binary of ``groups`` exists and its stamp matches its pin (no Go needed)."""
     directory = directory or bin_dir()
     stamp = _read_stamp(directory)
-    return all((directory / t.name).is_file() and _stamp_matches(stamp.get(t.name, {}), t) for t in TARGETS)
+    return all(
+        (directory / t.name).is_file() and _stamp_matches(stamp.get(t.name, {}), t) for t in targets(groups)
+    )
 
 
 @contextlib.contextmanager
@@ -223,13 +266,16 @@ def _go_build(target: Target, out: Path, log: Callable[[str], None]) -> None:
     os.replace(tmp, out)
 
 
-def build(force: bool = False, log: Callable[[str], None] = _stderr_log) -> Path:
-    """Build (or reuse) every pinned binary into ``bin_dir()``; returns that directory."""
+def build(
+    force: bool = False, log: Callable[[str], None] = _stderr_log, groups: tuple[str, ...] = CONTROL
+) -> Path:
+    """Build (or reuse) every pinned binary of ``groups`` into ``bin_dir()``; returns that directory."""
     directory = bin_dir()
-    if not force and binaries_ready(directory):
+    if not force and binaries_ready(directory, groups):
         return directory
+    wanted = targets(groups)
     with _file_lock(cache_dir() / "build.lock", "binary build", log):
-        if not force and binaries_ready(directory):  # another session finished it while we waited
+        if not force and binaries_ready(directory, groups):  # another session finished it while we waited
             return directory
         if shutil.which("go") is None:
             raise RuntimeError(
@@ -238,23 +284,23 @@ def build(force: bool = False, log: Callable[[str], None] = _stderr_log) -> Path
             )
         directory.mkdir(parents=True, exist_ok=True)
         go = _go_version()
-        stamp = _read_stamp(directory)
         t0 = time.monotonic()
         log(
             f"building pinned binaries into {directory} with {go} (cold: ~7 min here, longer on a busy machine)"
         )
-        for i, t in enumerate(TARGETS, 1):
+        for i, t in enumerate(wanted, 1):
             want = _stamp_entry(t, go)
+            stamp = _read_stamp(directory)  # re-read: builds of other groups may have added entries
             have = stamp.get(t.name, {})
             if not force and (directory / t.name).is_file() and _stamp_matches(have, t):
-                log(f"[{i}/{len(TARGETS)}] {t.name} {want['version']}: cached")
+                log(f"[{i}/{len(wanted)}] {t.name} {want['version']}: cached")
                 continue
-            log(f"[{i}/{len(TARGETS)}] {t.name} {want['version']}: building {t.package}")
+            log(f"[{i}/{len(wanted)}] {t.name} {want['version']}: building {t.package}")
             t1 = time.monotonic()
             _go_build(t, directory / t.name, log)
             stamp[t.name] = want
             # Written after each binary so an interrupted build keeps what it finished.
             (directory / "stamp.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-            log(f"[{i}/{len(TARGETS)}] {t.name}: built in {time.monotonic() - t1:.0f}s")
+            log(f"[{i}/{len(wanted)}] {t.name}: built in {time.monotonic() - t1:.0f}s")
         log(f"binaries ready in {time.monotonic() - t0:.0f}s")
     return directory
