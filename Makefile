@@ -16,8 +16,11 @@ $(PY):
 setup: $(PY)  ## Python environment with the project installed (editable)
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 
-system-deps:  ## Debian packages the tests run for real (Prometheus)
-	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+# Prometheus; the real node's runc, CNI plugins, iptables/nftables and conntrack (e2e/cluster/node.py).
+SYSTEM_PACKAGES := prometheus runc containernetworking-plugins iptables nftables conntrack
+system-deps:  ## Debian packages the tests run for real
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing Debian packages: $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 binaries: setup  ## build (or reuse) the pinned upstream Kubernetes binaries
 	$(PY) -m e2e.cluster build

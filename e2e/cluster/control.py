@@ -250,7 +250,9 @@ class LocalCluster:
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                     f"--service-cluster-ip-range={self.service_cidr}",
                     "--authorization-mode=Node,RBAC",  # real RBAC: the operator's ClusterRole is exercised
-                    "--enable-admission-plugins=NodeRestriction",
+                    # PodNodeSelector / PodTolerationRestriction: a namespace annotation puts its pods on
+                    # the real node, so examples run unchanged (``Cluster.place_on_real_node``).
+                    "--enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction",
                     # The API server reaches kubelets (logs, exec) by address, with its own identity.
                     "--kubelet-preferred-address-types=InternalIP",
                     f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",

@@ -49,6 +49,20 @@ class Cluster:
     REAL_NODE_SELECTOR = {REAL_NODE_LABEL: "real"}
     REAL_NODE_TOLERATIONS = ({"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"},)
 
+    def place_on_real_node(self, namespace: str) -> None:
+        """Every pod created in ``namespace`` from now on runs on the real node: the namespace-level
+        node selector and default tolerations of the PodNodeSelector / PodTolerationRestriction
+        admission plugins, so manifests (examples, charts) need no change."""
+        selector = ",".join(f"{k}={v}" for k, v in self.REAL_NODE_SELECTOR.items())
+        self.kubectl(
+            "annotate",
+            "--overwrite",
+            "namespace",
+            namespace,
+            f"scheduler.alpha.kubernetes.io/node-selector={selector}",
+            f"scheduler.alpha.kubernetes.io/defaultTolerations={json.dumps(list(self.REAL_NODE_TOLERATIONS))}",
+        )
+
     @property
     def env(self) -> dict[str, str]:
         """Environment for subprocesses: KUBECONFIG set and our binaries first on PATH."""

@@ -606,7 +606,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         """Import an image archive under ``ref`` unless containerd already has it."""
         if ref in self.images():
             return
-        self.ctr("images", "import", "--no-unpack=false", "--index-name", ref, str(archive))
+        # No --index-name: with it, containerd 2.4 deletes the image again right after the import.
+        out = self.ctr("images", "import", str(archive)).stdout
+        if ref not in self.images():
+            # An archive whose ref annotation is a bare tag or another name: tag what it saved.
+            saved = [line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["saved"]]
+            if saved:
+                self.ctr("images", "tag", "--force", saved[0], ref)
         if ref not in self.images():
             raise ClusterStartError(
                 f"importing {archive} did not produce {ref}: have {sorted(self.images())}"
