@@ -165,12 +165,12 @@ def run_demo(cluster: Cluster, ns: str, timeout: float, workdir: Path) -> str:
     op_ns = f"{ns}-operator"
 
     step(f"Installing the operator with Helm (charts/paddle-operator into {op_ns}; CRDs from the chart)")
+    restricted_namespace(cluster, ns)  # the chart's namespaced RBAC needs the watched namespace
     install_operator(cluster, op_ns, ns, timeout)
     wait_for(lambda: condition(cluster.get("crd", CRD_NAME), "Established").get("status") == "True", 60,
              f"CRD {CRD_NAME} Established")  # fmt: skip
 
     step(f"Applying {EXAMPLE.relative_to(ROOT)}/ (namespace enforces Pod Security restricted), waiting for Ready")
-    restricted_namespace(cluster, ns)
     cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
 
     def ready() -> bool:

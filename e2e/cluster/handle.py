@@ -139,7 +139,7 @@ def node_images(log: Callable[[str], None]) -> list[tuple[Path, str]]:
     """The images a real node needs, built here with buildah (``e2e/images.py``): pause + ours."""
     from e2e.images import ensure_images
 
-    return [(img.archive, img.ref) for img in ensure_images(log=log).all()]
+    return [(img.archive, img.ref) for img in ensure_images(log=log)]
 
 
 @contextlib.contextmanager
