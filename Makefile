@@ -7,7 +7,7 @@ EXTRAS ?= runtime,operator,dev,signing
 # Upstream binaries (etcd, kube-*, kwok, helm) are built once from Go modules into this cache.
 export PADDLE_SLA_CACHE ?= $(HOME)/.cache/paddle-sla
 
-.PHONY: setup binaries system-deps lint test test-unit test-e2e demo cluster-up cluster-down bench ci
+.PHONY: setup binaries images system-deps lint test test-unit test-e2e demo cluster-up cluster-down bench ci
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -16,11 +16,15 @@ $(PY):
 setup: $(PY)  ## Python environment with the project installed (editable)
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 
-system-deps:  ## Debian packages the tests run for real (Prometheus)
+system-deps:  ## Debian packages the tests run for real (Prometheus; buildah, podman, mmdebstrap, runc for the images)
 	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v buildah >/dev/null && command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null && command -v gcc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah podman mmdebstrap runc gcc libc6-dev >/dev/null; }
 
 binaries: setup  ## build (or reuse) the pinned upstream Kubernetes binaries
 	$(PY) -m e2e.cluster build
+
+images: setup system-deps  ## build (or reuse) the runtime, operator and pause images without Docker (buildah)
+	$(PY) -m e2e.images build
 
 lint: setup
 	$(VENV)/bin/ruff check .
