@@ -7,7 +7,7 @@ EXTRAS ?= runtime,operator,dev,signing
 # Upstream binaries (etcd, kube-*, kwok, helm) are built once from Go modules into this cache.
 export PADDLE_SLA_CACHE ?= $(HOME)/.cache/paddle-sla
 
-.PHONY: setup binaries system-deps lint test test-unit test-e2e demo cluster-up cluster-down bench ci
+.PHONY: setup binaries images system-deps lint test test-unit test-e2e demo cluster-up cluster-down bench ci
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -16,14 +16,19 @@ $(PY):
 setup: $(PY)  ## Python environment with the project installed (editable)
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 
-# Prometheus; the real node's runc, CNI plugins, iptables/nftables and conntrack (e2e/cluster/node.py).
-SYSTEM_PACKAGES := prometheus runc containernetworking-plugins iptables nftables conntrack
+# Prometheus; buildah, podman, mmdebstrap and gcc for the images (e2e/images.py); the real node's
+# runc, CNI plugins, iptables/nftables and conntrack (e2e/cluster/node.py).
+SYSTEM_PACKAGES := prometheus buildah podman mmdebstrap gcc libc6-dev runc containernetworking-plugins \
+	iptables nftables conntrack
 system-deps:  ## Debian packages the tests run for real
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing Debian packages: $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 binaries: setup  ## build (or reuse) the pinned upstream Kubernetes binaries
 	$(PY) -m e2e.cluster build
+
+images: setup system-deps  ## build (or reuse) the runtime, operator and pause images without Docker (buildah)
+	$(PY) -m e2e.images build
 
 lint: setup
 	$(VENV)/bin/ruff check .

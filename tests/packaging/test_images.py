@@ -65,9 +65,10 @@ def test_operator_image_default_command_serves_the_probed_health_endpoint():
 
 @pytest.mark.parametrize("dockerfile", [OPERATOR_DOCKERFILE], ids=lambda p: str(p.relative_to(ROOT)))
 def test_everything_copied_exists_and_is_in_the_build_context(dockerfile: Path):
-    ignore_file = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    # The context is the repository root: its .dockerignore, then a per-Dockerfile one (BuildKit) if any.
     patterns = [
         line.strip()
+        for ignore_file in (ROOT / ".dockerignore", dockerfile.with_name(dockerfile.name + ".dockerignore"))
         for line in (ignore_file.read_text().splitlines() if ignore_file.exists() else [])
         if line.strip() and not line.startswith("#")
     ]
@@ -129,3 +130,18 @@ def test_runtime_dockerfile_copies_only_what_exists(runtime_dockerfile: Path, do
     # Same checks as for the operator image (they assert inside).
     test_everything_copied_exists_and_is_in_the_build_context(dockerfile)
     assert "COPY" in runtime_dockerfile.read_text()
+
+
+def _base_defaults(dockerfile: Path) -> list[str]:
+    """Default values of the ARGs the Dockerfile's FROM lines name (or the literal FROM images)."""
+    instructions = _instructions(dockerfile)
+    args = dict(a.split("=", 1) for w, a in instructions if w == "ARG" and "=" in a)
+    stages = {a.split()[-1] for w, a in instructions if w == "FROM" and " AS " in a.upper()}
+    froms = [a.split()[0] for w, a in instructions if w == "FROM"]
+    return [args.get(f.strip("${}"), f) for f in froms if f not in stages]
+
+
+def test_both_images_build_on_one_bookworm_python_311_base():
+    """One base for both (its stand-in is made from Debian bookworm, whose Python is 3.11)."""
+    bases = {b for d in (RUNTIME_DOCKERFILE, OPERATOR_DOCKERFILE) for b in _base_defaults(d)}
+    assert bases == {"python:3.11-slim-bookworm"}, bases
