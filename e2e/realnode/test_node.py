@@ -143,7 +143,9 @@ def test_pod_runs_on_the_real_node_and_is_reached_through_its_service(
     assert pod_ip.startswith(cluster.local.net.pod_cidr.rsplit(".", 1)[0] + ".")
     svc = cluster.get("service", "web", "-n", namespace)
     cluster_ip = svc["spec"]["clusterIP"]
-    for url in (f"http://{pod_ip}:8080/", f"http://{cluster_ip}/"):
+    for addr, url in ((pod_ip, f"http://{pod_ip}:8080/"), (cluster_ip, f"http://{cluster_ip}/")):
+        route = _route("route", "get", addr)
+        assert route.returncode == 0, f"no route to {addr}: {route.stderr}\n{_route('route').stdout}"
         with urllib.request.urlopen(url, timeout=10) as resp:  # pod and Service ranges: routed into the node
             assert resp.status == 200, url
     # exec through the kubelet: the container runs as 65532 on a read-only root.
