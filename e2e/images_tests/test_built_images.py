@@ -24,7 +24,7 @@ SHAPE = (1, 3, 48, 64)
 # Runs inside the runtime container (it has no curl): one OIP v2 call to the runtime on loopback.
 _CLIENT = """
 import json, sys, urllib.request, urllib.error
-path, body = sys.argv[1], (sys.argv[2].encode() if len(sys.argv) > 2 else None)
+path, body = sys.argv[1], (sys.stdin.buffer.read() if sys.argv[2:] == ["-"] else None)
 req = urllib.request.Request("http://127.0.0.1:8080" + path, data=body,
                              headers={"Content-Type": "application/json"} if body else {})
 try:
@@ -38,8 +38,8 @@ except OSError as e:
 
 
 def _call(ctr: str, path: str, body: str | None = None) -> tuple[int, str]:
-    args = ["exec", ctr, "python3", "-c", _CLIENT, path] + ([body] if body else [])
-    out = podman(*args, timeout=60).stdout
+    args = ["exec", "--interactive", ctr, "python3", "-c", _CLIENT, path] + (["-"] if body else [])
+    out = podman(*args, timeout=60, input=body).stdout
     status, _, text = out.partition("\n")
     return int(status), text
 
