@@ -16,9 +16,13 @@ $(PY):
 setup: $(PY)  ## Python environment with the project installed (editable)
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 
-system-deps:  ## Debian packages the tests run for real (Prometheus; buildah, podman, mmdebstrap, runc for the images)
-	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
-	@command -v buildah >/dev/null && command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null && command -v gcc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah podman mmdebstrap runc gcc libc6-dev >/dev/null; }
+# Prometheus; buildah, podman, mmdebstrap and gcc for the images (e2e/images.py); the real node's
+# runc, CNI plugins, iptables/nftables and conntrack (e2e/cluster/node.py).
+SYSTEM_PACKAGES := prometheus buildah podman mmdebstrap gcc libc6-dev runc containernetworking-plugins \
+	iptables nftables conntrack
+system-deps:  ## Debian packages the tests run for real
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing Debian packages: $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 binaries: setup  ## build (or reuse) the pinned upstream Kubernetes binaries
 	$(PY) -m e2e.cluster build

@@ -12,7 +12,7 @@ because two kwok nodes hold 220 pods. Each still gets a ConfigMap, Deployment, S
 
     python benchmarks/operator.py [--count 100] [--scale-to 1000] [--out benchmarks/results/operator.json]
 
-Uses ``E2E_KUBECONFIG`` when set, else starts a throw-away local control plane (e2e/cluster.py).
+Uses ``E2E_KUBECONFIG`` when set, else starts a throw-away local control plane (e2e/cluster/).
 """
 
 from __future__ import annotations

@@ -29,15 +29,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+_real_node = False
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build missing binaries before any test starts: a cold build outlasts any per-test timeout."""
-    global _build_error
+    """Build missing binaries (and, for real pods, images) before any test starts: a cold build
+    outlasts any per-test timeout. The session cluster gets a real node only when a selected test
+    is marked ``realnode``."""
+    global _build_error, _real_node
     if session.config.option.collectonly or not any(i.get_closest_marker("e2e") for i in session.items):
         return
-    if harness.binaries_ready():
-        return
+    _real_node = any(i.get_closest_marker("realnode") for i in session.items)
+    groups = harness.WITH_NODE if _real_node else harness.CONTROL
     try:
-        harness.build()
+        if not harness.binaries_ready(groups=groups):
+            harness.build(groups=groups)
+        if _real_node:
+            harness.node_images(harness._stderr_log)
     except Exception as exc:  # reported by the `cluster` fixture, so unit tests in the same run still run
         _build_error = exc
 
@@ -46,8 +54,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def cluster() -> Iterator[harness.Cluster]:
     if _build_error is not None:
         pytest.fail(f"building the e2e binaries failed: {_build_error}", pytrace=False)
-    with harness.open_cluster() as c:
+    with harness.open_cluster(real_node=_real_node) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: harness.Cluster) -> str:
+    """The real node's name; tests that need real pods take this fixture (and the marker)."""
+    if cluster.real_node is None:
+        pytest.skip("no real node in this cluster (mark the test `realnode`; local mode only)")
+    return cluster.real_node
 
 
 @pytest.fixture

