@@ -315,24 +315,42 @@ def _image_id(ref: str) -> str | None:
 # --- the cache record ----------------------------------------------------------------------------
 
 
-def _record_path(name: str) -> Path:
-    return images_dir() / f"{name}.json"
+# Archives kept per image name: several checkouts (branches) share one cache and must not evict
+# each other's current build; older ones go, least recently used first.
+KEEP_PER_NAME = 3
+
+
+def _record_path(name: str, key: str) -> Path:
+    return images_dir() / f"{name}-{key[:16]}.json"
+
+
+def _records(name: str = "*") -> list[dict]:
+    """Every cache record (of ``name``), most recently used first."""
+    out = []
+    for path in sorted(images_dir().glob(f"{name}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            out.append({**json.loads(path.read_text()), "record": str(path)})
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def cached(name: str, key: str) -> Image | None:
     """The cached image ``name`` if it was built from ``key`` and its archive is still there."""
+    path = _record_path(name, key)
     try:
-        rec = json.loads(_record_path(name).read_text())
+        rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     archive = Path(rec.get("archive", ""))
     if rec.get("key") != key or not archive.is_file():
         return None
+    os.utime(path)  # most recently used: the last one eviction takes
     return Image(name, rec["ref"], archive, key, rec["image_id"], archive.stat().st_size, cached=True)
 
 
 def _export(name: str, ref: str, key: str, log_file: Path, steps: Sequence[str] = ()) -> Image:
-    """Push ``ref`` from storage to a docker-archive named by its key; drop the previous archive."""
+    """Push ``ref`` from storage to a docker-archive named by its key; evict beyond ``KEEP_PER_NAME``."""
     image_id = _image_id(ref)
     if not image_id:
         raise ImageBuildError(f"{ref} is not in the image storage after its build")
@@ -345,12 +363,6 @@ def _export(name: str, ref: str, key: str, log_file: Path, steps: Sequence[str] 
         step=f"export {ref}",
     )
     tmp.rename(archive)
-    try:
-        old = Path(json.loads(_record_path(name).read_text())["archive"])
-        if old != archive:
-            old.unlink(missing_ok=True)
-    except (OSError, ValueError, KeyError):
-        pass
     rec = {
         "name": name,
         "ref": ref,
@@ -359,7 +371,10 @@ def _export(name: str, ref: str, key: str, log_file: Path, steps: Sequence[str] 
         "image_id": image_id,
         "steps": list(steps),
     }
-    _record_path(name).write_text(json.dumps(rec, indent=2) + "\n")
+    _record_path(name, key).write_text(json.dumps(rec, indent=2) + "\n")
+    for old in _records(name)[KEEP_PER_NAME:]:
+        Path(old["archive"]).unlink(missing_ok=True)
+        Path(old["record"]).unlink(missing_ok=True)
     return Image(name, ref, archive, key, image_id, archive.stat().st_size)
 
 
@@ -385,15 +400,18 @@ def _tidy(log_file: Path) -> None:
     """
     _run(buildah("rm", "--all"), log_file=log_file, step="remove working containers")
     keep: set[str] = set()
-    for rec_file in images_dir().glob("*.json"):
-        try:
-            rec = json.loads(rec_file.read_text())
-        except (OSError, ValueError):
-            continue
+    for rec in [*_records(), _base_record()]:
         keep.update(str(i).removeprefix("sha256:") for i in [rec.get("image_id", ""), *rec.get("steps", [])])
     drop = [i for i in _storage_ids() if i not in keep]
     if drop:
         _run(buildah("rmi", "--force", *drop), log_file=log_file, step="remove unused images")
+
+
+def _base_record() -> dict:
+    try:
+        return dict(json.loads((images_dir() / "base.json").read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 # --- the three kinds of image --------------------------------------------------------------------
@@ -403,10 +421,7 @@ def ensure_base(log: Log = _default_log) -> str:
     """The base stand-in in storage under ``BASE_REF`` (made with mmdebstrap when missing); its ID."""
     key = base_key()
     marker = images_dir() / "base.json"
-    try:
-        rec = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        rec = {}
+    rec = _base_record()
     image_id = _image_id(BASE_REF)
     if image_id and rec.get("key") == key and rec.get("image_id") == image_id:
         return image_id
@@ -581,6 +596,11 @@ def build(names: Iterable[str] = NAMES, *, log: Log = _default_log) -> list[Imag
     start = time.monotonic()
     out = []
     with _lock():
+        for name in NAMES:  # records of the first version: one per name
+            legacy = images_dir() / f"{name}.json"
+            if legacy.exists():
+                key = json.loads(legacy.read_text()).get("key", "")
+                legacy.rename(_record_path(name, key)) if key else legacy.unlink()
         out += [build_dockerfile(r, log=log) for r in recipes() if r.name in wanted]
         if "pause" in wanted:
             out.append(build_pause(log=log))
@@ -625,17 +645,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in build([s for s in args.only.split(",") if s]):
                 print(f"{i.name:9} {i.ref:50} {i.size_bytes / 1e6:8.1f} MB  {i.archive}")
         elif args.cmd == "list":
-            keys = {r.name: dockerfile_key(r) for r in recipes()}
-            for name in ("runtime", "operator", "pause"):
-                try:
-                    rec = json.loads(_record_path(name).read_text())
-                except (OSError, ValueError):
-                    print(f"{name:9} not built")
-                    continue
-                state = "stale" if name in keys and rec["key"] != keys[name] else "built"
+            current = {r.name: dockerfile_key(r) for r in recipes()}
+            for rec in sorted(_records(), key=lambda r: NAMES.index(r["name"]) if r["name"] in NAMES else 9):
                 archive = Path(rec["archive"])
                 size = f"{archive.stat().st_size / 1e6:8.1f} MB" if archive.exists() else "missing"
-                print(f"{name:9} {rec['ref']:50} {state:5} {size}  {archive}")
+                state = "current" if current.get(rec["name"], rec["key"]) == rec["key"] else "other"
+                print(f"{rec['name']:9} {rec['ref']:45} {rec['key'][:16]} {state:7} {size}  {archive}")
+            for name, key in current.items():
+                if not (images_dir() / f"{name}-{key[:16]}.json").exists():
+                    print(
+                        f"{name:9} not built from this checkout (key {key[:16]}): python -m e2e.images build"
+                    )
         else:
             clean()
     except ImageBuildError as e:

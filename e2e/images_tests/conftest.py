@@ -42,9 +42,11 @@ RESTRICTED = [
 ]
 
 
-def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, timeout: float = 120, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run podman on the images' storage; a failure shows its output."""
-    proc = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         pytest.fail(f"podman {' '.join(args[:3])} ... exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

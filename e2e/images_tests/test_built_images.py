@@ -24,7 +24,7 @@ SHAPE = (1, 3, 48, 64)
 # Runs inside the runtime container (it has no curl): one OIP v2 call to the runtime on loopback.
 _CLIENT = """
 import json, sys, urllib.request, urllib.error
-path, body = sys.argv[1], (sys.argv[2].encode() if len(sys.argv) > 2 else None)
+path, body = sys.argv[1], (sys.stdin.buffer.read() if sys.argv[2:] == ["-"] else None)
 req = urllib.request.Request("http://127.0.0.1:8080" + path, data=body,
                              headers={"Content-Type": "application/json"} if body else {})
 try:
@@ -38,8 +38,8 @@ except OSError as e:
 
 
 def _call(ctr: str, path: str, body: str | None = None) -> tuple[int, str]:
-    args = ["exec", ctr, "python3", "-c", _CLIENT, path] + ([body] if body else [])
-    out = podman(*args, timeout=60).stdout
+    args = ["exec", "--interactive", ctr, "python3", "-c", _CLIENT, path] + (["-"] if body else [])
+    out = podman(*args, timeout=60, input=body).stdout
     status, _, text = out.partition("\n")
     return int(status), text
 
@@ -70,7 +70,7 @@ def test_runtime_image_serves_the_bundled_rec_model_read_only_as_uid_65532(in_po
         f"PADDLE_RUNTIME_MODEL_DIR={REC_MODEL}",
         "--env",
         "PADDLE_RUNTIME_MODEL_NAME=ppocr-rec",
-        in_podman.runtime.ref,
+        in_podman.runtime.image_id,
         "serve",
     )
     try:
@@ -108,8 +108,10 @@ def test_runtime_image_serves_the_bundled_rec_model_read_only_as_uid_65532(in_po
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
-def test_operator_image_runs_its_cli_read_only_without_capabilities(in_podman: images.ImageSet):
-    proc = podman("run", "--rm", *RESTRICTED, in_podman.operator.ref, "--help", timeout=60)
+def test_operator_image_runs_its_cli_read_only_without_capabilities_or_paddle_as_a_named_user(
+    in_podman: images.ImageSet,
+):
+    proc = podman("run", "--rm", *RESTRICTED, in_podman.operator.image_id, "--help", timeout=60)
     assert "usage: paddle-operator" in proc.stdout
     # No Paddle in the operator image (its Dockerfile's promise).
     proc = podman(
@@ -118,16 +120,17 @@ def test_operator_image_runs_its_cli_read_only_without_capabilities(in_podman: i
         *RESTRICTED,
         "--entrypoint",
         "python3",
-        in_podman.operator.ref,
+        in_podman.operator.image_id,
         "-c",
-        "import importlib.util as u; print(u.find_spec('paddle'))",
+        "import getpass, importlib.util as u; print(u.find_spec('paddle'), getpass.getuser())",
         timeout=60,
     )
-    assert proc.stdout.strip() == "None"
+    # kopf names its peering identity with getpass.getuser(): uid 65532 needs a passwd entry.
+    assert proc.stdout.split() == ["None", "paddle"]
 
 
 def test_pause_image_is_static_and_runs_as_65535(in_podman: images.ImageSet):
-    cfg = json.loads(podman("image", "inspect", in_podman.pause.ref).stdout)[0]["Config"]
+    cfg = json.loads(podman("image", "inspect", in_podman.pause.image_id).stdout)[0]["Config"]
     assert cfg["Entrypoint"] == ["/pause"] and cfg["User"] == "65535:65535"
     # -v prints the version pause.c was compiled with and exits: it ran in an empty (scratch) image.
     proc = podman(
@@ -138,7 +141,7 @@ def test_pause_image_is_static_and_runs_as_65535(in_podman: images.ImageSet):
         "65535:65535",
         "--network",
         "none",
-        in_podman.pause.ref,
+        in_podman.pause.image_id,
         "-v",
         timeout=60,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,19 @@ def test_the_stand_in_base_has_the_name_both_dockerfiles_start_from():
 def test_image_names_are_the_ones_the_example_and_the_chart_use():
     assert images.runtime_ref() == "ghcr.io/paddle-sla/paddle-runtime:0.1.0-cpu"
     assert images.operator_ref() == "ghcr.io/paddle-sla/paddle-operator:0.1.0"
+
+
+def test_builds_from_two_checkouts_are_cached_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """One cache serves several branches: a record per key, not per name, so neither evicts the other."""
+    monkeypatch.setenv("PADDLE_SLA_CACHE", str(tmp_path))
+    images.images_dir().mkdir(parents=True)
+    for key in ("a" * 64, "b" * 64):
+        archive = images.images_dir() / f"operator-{key[:16]}.tar"
+        archive.write_bytes(b"tar")
+        rec = {"name": "operator", "ref": "r:1", "key": key, "archive": str(archive), "image_id": key}
+        images._record_path("operator", key).write_text(json.dumps(rec))
+    hit_a, hit_b = images.cached("operator", "a" * 64), images.cached("operator", "b" * 64)
+    assert hit_a and hit_b and hit_a.archive != hit_b.archive
+    assert images.cached("operator", "c" * 64) is None
+    (images.images_dir() / f"operator-{'a' * 16}.tar").unlink()
+    assert images.cached("operator", "a" * 64) is None, "a record whose archive is gone is no hit"
