@@ -43,10 +43,10 @@ test-e2e: binaries system-deps
 test: setup binaries system-deps lint  ## the README's test command
 	$(PY) -m pytest tests e2e
 
-demo: binaries  ## the README's main command: cluster, operator, minimal example, a served PP-OCR model
+demo: binaries system-deps  ## the README's main command: cluster, operator, minimal example, a served PP-OCR model
 	$(PY) -m e2e.demo
 
-cluster-up: binaries
+cluster-up: binaries system-deps
 	$(PY) -m e2e.cluster up
 
 cluster-down: setup
