@@ -81,14 +81,14 @@ class App:
 class InferenceApp(App):
     """The inference port: OIP v2, the simple routes, health and metrics over one :class:`ModelHandle`.
 
-    ``handle`` is None while the model loads.  ``version_info()`` supplies the extra keys of
-    ``/version`` (the wiring sets it: reload, fallback, batching).
+    ``handle`` is None while the model loads; the wiring hands the loaded one over with
+    :meth:`attach`, together with ``version_info()``, the extra keys of ``/version``.
     """
 
-    def __init__(self, settings: RuntimeSettings, handle: ModelHandle | None = None) -> None:
+    def __init__(self, settings: RuntimeSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.handle: ModelHandle | None = handle
+        self.handle: ModelHandle | None = None
         self.shutting_down = False
         self.load_error: str | None = None
         self.version_info: Callable[[], dict[str, Any]] = dict
@@ -103,6 +103,18 @@ class InferenceApp(App):
             ("POST", "/predict", self.predict),
         ):
             self.add_route(method, path, h)
+
+    def attach(self, handle: ModelHandle, version_info: Callable[[], dict[str, Any]]) -> None:
+        """Serve ``handle`` from now on; ``version_info()`` adds keys to ``/version``."""
+        self.handle, self.version_info = handle, version_info
+
+    def load_failed(self, reason: str) -> None:
+        """The model will not load: liveness reports ``reason`` until the process exits."""
+        self.load_error = reason
+
+    def begin_shutdown(self) -> None:
+        """Readiness turns 503 and new inference requests are refused."""
+        self.shutting_down = True
 
     @property
     def is_ready(self) -> bool:

@@ -116,7 +116,7 @@ def _load_fallback(settings: RuntimeSettings, main: Engine, factory: EngineFacto
     return eng
 
 
-async def assemble(settings: RuntimeSettings, app: InferenceApp, pinned: Iterable[str] = (),
+async def assemble(settings: RuntimeSettings, pinned: Iterable[str] = (),
                    admin_ssl: ssl.SSLContext | None = None) -> Runtime:
     """Load the model(s) and connect every part; returns the assembled :class:`Runtime`."""
     loop = asyncio.get_running_loop()
@@ -157,7 +157,6 @@ async def assemble(settings: RuntimeSettings, app: InferenceApp, pinned: Iterabl
     watcher.start()
 
     rt = Runtime(handle, main, manager, watcher, fb, router, None, checks, batchers)
-    app.version_info = rt.version_info
     if settings.admin_port:
         admin_app = build_admin_app(admin_token(settings), rt.version_info, lambda: manager.reload(force=True))
         rt.admin = HttpServer(admin_app, settings.max_body_bytes)
@@ -214,7 +213,7 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
         gpu.start()
 
     t0 = time.perf_counter()
-    load = asyncio.ensure_future(assemble(settings, app, pinned, ssl_ctx))
+    load = asyncio.ensure_future(assemble(settings, pinned, ssl_ctx))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not load.done():  # SIGTERM during load: nothing to drain
@@ -225,17 +224,17 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
     try:
         rt = load.result()
     except (ModelLoadError, ConfigError) as e:
-        app.load_error = str(e)
+        app.load_failed(str(e))
         log.error("model failed to load: %s", e)
         await server.stop_accepting()
         await server.close(1.0)
         return 1
-    app.handle = rt.handle
+    app.attach(rt.handle, rt.version_info)
     log.info("ready: model %s version %s after %.2fs", rt.handle.name, rt.handle.version, time.perf_counter() - t0)
 
     await waiter
     log.info("shutdown requested: draining (up to %.0fs)", settings.shutdown_timeout_s)
-    app.shutting_down = True
+    app.begin_shutdown()
     await server.stop_accepting()
     t1 = time.perf_counter()
     drained = await rt.handle.drain(settings.shutdown_timeout_s)

@@ -20,12 +20,18 @@ from paddle_runtime.transport import MAX_HEADER_BYTES, HttpServer, Request, Resp
 MAX_BODY = 1000
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
-    loop = asyncio.new_event_loop()
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def port(request: pytest.FixtureRequest) -> Iterator[int]:
+    # serve runs on uvloop when it is installed; both loops must keep half-closed connections open.
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     app = App()
 
     async def echo(req: Request) -> Response:
+        await asyncio.sleep(0.02)  # like an inference: the client's FIN arrives before the answer is ready
         return json_response({"n": len(req.body)})
 
     app.add_route("POST", "/echo", echo)
