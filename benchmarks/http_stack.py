@@ -25,15 +25,16 @@ BODY = 224 * 224 * 3 * 4
 SERVERS = {
     "httptools+uvloop (paddle_runtime.server)": r'''
 import asyncio, sys, numpy as np, uvloop
-from paddle_runtime.server import App, HttpServer, Response, json_response
+from paddle_runtime.app import App
+from paddle_runtime.transport import HttpServer, json_response
 from paddle_runtime.settings import RuntimeSettings
-app = App(RuntimeSettings(model_dir="x"))
+app = App()
 async def echo(req):
     a = np.frombuffer(req.body, np.float32)
     return json_response({"n": int(a.size)})
 app.add_route("POST", "/echo", echo)
 async def main():
-    s = HttpServer(app); await s.start("127.0.0.1", int(sys.argv[1])); await asyncio.Event().wait()
+    s = HttpServer(app, 1 << 26); await s.start("127.0.0.1", int(sys.argv[1])); await asyncio.Event().wait()
 uvloop.run(main())
 ''',
     "aiohttp+uvloop": r'''

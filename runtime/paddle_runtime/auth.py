@@ -1,9 +1,10 @@
-"""Endpoint security: bearer tokens from files, a per-client rate limit, TLS from certificate files.
+"""Endpoint security: bearer tokens from files and a per-client rate limit.
 
-Pure helpers with no HTTP framework in them: ``server.py`` calls :meth:`Guard.check` once per request
-(before the body is parsed) and maps the typed errors it raises (401, 429 with ``Retry-After``) in
-its one error handler; the admin port (:class:`paddle_runtime.reload.AdminServer`) uses
-:class:`TokenFile` with its own token. The request size limit is ``max_body_bytes`` in the server.
+Pure helpers with no HTTP framework in them: the wiring installs :meth:`Guard.check` as a hook of
+the inference app (run once per request, before the body is parsed), whose one error mapping turns
+the typed errors (401, 429 with ``Retry-After``) into answers; the admin app (``admin.py``) uses
+:class:`TokenFile` with its own token.  TLS is ``tls.py``; the request size limit is
+``max_body_bytes`` in the transport.
 
 Tokens are files (a Kubernetes Secret volume) and are re-read when the file changes, so a rotated
 Secret takes effect without a restart.
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -40,6 +39,7 @@ class TokenFile:
         self._lock = threading.Lock()
 
     def get(self) -> bytes:
+        """The current token (re-read when the file changed; the previous one kept if unreadable)."""
         now = time.monotonic()
         with self._lock:
             if self._token is None or now - self._checked > 1.0:
@@ -59,6 +59,7 @@ class TokenFile:
                         self.path,
                         exc.strerror,
                     )
+            assert self._token is not None  # set above, or the first read raised
             return self._token
 
     def check(self, authorization: str | None) -> bool:
@@ -113,6 +114,7 @@ class Guard:
 
     @property
     def active(self) -> bool:
+        """Whether any check is configured (token or rate limit)."""
         return self.token is not None or self.limiter is not None
 
     def check(self, path: str, authorization: str | None, peer: str) -> None:
@@ -135,18 +137,3 @@ class Guard:
                 raise TooManyRequests(
                     f"rate limit of {self.limiter.rate:g} requests/s exceeded", retry_after_s=wait
                 )
-
-
-def tls_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
-    """A server TLS context from ``tls_cert_file``/``tls_key_file``, or None when TLS is off."""
-    if not settings.tls_cert_file and not settings.tls_key_file:
-        return None
-    if not (settings.tls_cert_file and settings.tls_key_file):
-        raise ValueError("TLS needs both tls_cert_file and tls_key_file")
-    for f in (settings.tls_cert_file, settings.tls_key_file):
-        if not os.path.isfile(f):
-            raise ValueError(f"TLS file {f} does not exist")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-    return ctx

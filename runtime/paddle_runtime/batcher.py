@@ -1,9 +1,13 @@
-"""Dynamic batching in front of an engine, and the ``ModelHandle`` interface the server calls.
+"""Dynamic batching in front of an :class:`~.contracts.Engine`; implements :class:`~.contracts.ModelHandle`.
 
-The HTTP layer only ever talks to a :class:`ModelHandle`: metadata (``name``, ``version``,
-``inputs``, ``outputs``, ``max_batch_size``), ``ready``, ``live()``, ``await infer(inputs)`` and
-``await drain(timeout)``.  :class:`Batcher` is the standard implementation; the resilience layer
-can wrap one (fallback routing) or swap its engine (hot reload) without the server noticing.
+The HTTP layer only ever talks to a ``ModelHandle`` (contracts.py).  :class:`Batcher` is the
+standard implementation; the fallback router wraps two (fallback routing) and reload swaps its
+engine (hot reload) without the server noticing.  Requests arrive validated (:class:`~.contracts.Inputs`).
+
+Limits
+    ``max_batch_size`` and ``batch_timeout_ms`` start from the settings and change at run time
+    through :meth:`Batcher.set_limits` (the config watcher calls it when the ConfigMap changes); the
+    engine's own ``max_rows`` (model.yaml) caps the batch size further.
 
 Batching policy
     A dispatcher coroutine waits for a free worker slot (one per pooled predictor), then takes the
@@ -32,98 +36,22 @@ Backpressure
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from . import metrics
-from .errors import EngineError, InvalidInput, QueueFull, RuntimeError_, Unavailable
+from .contracts import Engine, InferResult, Inputs
+from .errors import EngineError, QueueFull, RuntimeError_, Unavailable
 from .model_dir import TensorSpec
 from .settings import RuntimeSettings
 
 log = logging.getLogger("paddle_runtime.batcher")
-
-
-class InferResult(NamedTuple):
-    """What ``ModelHandle.infer`` returns: outputs plus which model version/role produced them."""
-
-    outputs: dict[str, np.ndarray]
-    model_version: str
-    role: str
-
-
-@runtime_checkable
-class ModelHandle(Protocol):
-    """The only model interface the HTTP layer uses."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]: ...
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]: ...
-    @property
-    def ready(self) -> bool: ...
-    @property
-    def platform(self) -> str: ...
-
-    def live(self) -> tuple[bool, str]:
-        """(alive, reason): False when the engine is wedged."""
-        ...
-
-    async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
-        """Validate and run one request; raises typed errors (errors.py)."""
-        ...
-
-    async def drain(self, timeout: float) -> bool:
-        """Refuse new work, finish queued and running requests; False if ``timeout`` hit first."""
-        ...
-
-
-def validate_inputs(specs: tuple[TensorSpec, ...], inputs: Mapping[str, np.ndarray],
-                    max_rows: int | None = None) -> int:
-    """Check names, dtypes and shapes against the model; return the batch rows (0 if unbatched).
-
-    Raises :class:`InvalidInput` naming the offending input.
-    """
-    known = {s.name: s for s in specs}
-    for n in inputs:
-        if n not in known:
-            raise InvalidInput(f"unknown input '{n}'; the model's inputs are {sorted(known)}")
-    missing = [n for n in known if n not in inputs]
-    if missing:
-        raise InvalidInput(f"missing input(s) {missing}")
-    rows: int | None = None
-    for s in specs:
-        a = inputs[s.name]
-        if a.dtype != s.dtype:
-            raise InvalidInput(f"input '{s.name}' has dtype {a.dtype.name}, the model expects {s.datatype}")
-        if a.size == 0:
-            raise InvalidInput(f"input '{s.name}' is empty (shape {list(a.shape)})")
-        if s.shape:
-            if a.ndim != len(s.shape):
-                raise InvalidInput(f"input '{s.name}' has shape {list(a.shape)}; the model expects rank "
-                                   f"{len(s.shape)} {list(s.shape)}")
-            for i, (got, want) in enumerate(zip(a.shape, s.shape, strict=True)):
-                if want >= 0 and got != want:
-                    raise InvalidInput(f"input '{s.name}' has shape {list(a.shape)}; dimension {i} must be {want} "
-                                       f"(model shape {list(s.shape)})")
-        if a.ndim:
-            if rows is None:
-                rows = a.shape[0]
-            elif a.shape[0] != rows:
-                raise InvalidInput(f"inputs disagree on the batch dimension ({rows} vs {a.shape[0]} for '{s.name}')")
-    if max_rows is not None and rows is not None and rows > max_rows:
-        raise InvalidInput(f"batch of {rows} rows is over the model's max_batch_size {max_rows}")
-    return rows or 0
 
 
 @dataclass(eq=False)
@@ -136,18 +64,18 @@ class _Request:
 
 
 class Batcher:
-    """Dynamic batcher over a :class:`~.engine.PaddleEngine`-like engine; implements ``ModelHandle``.
+    """Dynamic batcher over an :class:`~.contracts.Engine`; implements :class:`~.contracts.ModelHandle`.
 
-    The engine needs ``predict(dict) -> dict``, ``inputs``, ``outputs``, ``name``, ``version``,
-    ``role``, ``ready``, ``batchable``, ``max_batch_size``, ``workers`` and ``files.max_batch_size``.
-    Create it inside the running event loop, or call :meth:`start` from it.
+    Call :meth:`start` from the running event loop before the first request.
     """
 
     platform = "paddle_inference"
 
-    def __init__(self, engine: Any, settings: RuntimeSettings) -> None:
+    def __init__(self, engine: Engine, settings: RuntimeSettings) -> None:
         self._engine = engine
         self.settings = settings
+        self._max_batch_size = settings.max_batch_size
+        self._max_delay_ms = settings.batch_timeout_ms
         self._queue: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(max_workers=max(1, engine.workers), thread_name_prefix="predict")
@@ -161,35 +89,69 @@ class Batcher:
 
     # ---- ModelHandle metadata (always the current engine) ----------------------------------------
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Engine:
+        """The engine the next batch runs on."""
         return self._engine
 
     @property
     def name(self) -> str:
+        """See :class:`~.contracts.ModelHandle`."""
         return self._engine.name
 
     @property
     def version(self) -> str:
+        """See :class:`~.contracts.ModelHandle`."""
         return self._engine.version
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
+        """See :class:`~.contracts.ModelHandle`."""
         return self._engine.inputs
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
+        """See :class:`~.contracts.ModelHandle`."""
         return self._engine.outputs
 
     @property
+    def max_rows(self) -> int | None:
+        """See :class:`~.contracts.ModelHandle`: the engine's own row limit."""
+        return self._engine.max_rows
+
+    @property
     def max_batch_size(self) -> int:
-        return self._engine.max_batch_size if self._engine.batchable else 0
+        """Most rows the dispatcher puts in one batch now (0 when the model is not batchable)."""
+        return self._batch_limit(self._engine) if self._engine.batchable else 0
+
+    @property
+    def batch_timeout_ms(self) -> float:
+        """Longest wait for a batch to fill while other batches run, in effect now."""
+        return self._max_delay_ms
+
+    def set_limits(self, max_batch_size: int, max_delay_ms: float) -> None:
+        """Apply new batching limits from the next batch on (the config watcher's entry point).
+
+        ``max_batch_size`` is a cap (the engine's ``max_rows`` still applies); ``max_delay_ms`` is
+        the longest a batch waits to fill while other batches run.
+        """
+        if max_batch_size < 1 or max_delay_ms < 0:
+            raise ValueError(f"invalid batching limits: max_batch_size={max_batch_size}, max_delay_ms={max_delay_ms}")
+        self._max_batch_size, self._max_delay_ms = int(max_batch_size), float(max_delay_ms)
+        log.info("batching limits for %s: max_batch_size %d, batch_timeout_ms %g",
+                 self.name, self._max_batch_size, self._max_delay_ms)
+
+    def _batch_limit(self, eng: Engine) -> int:
+        cap = eng.max_rows
+        return max(1, min(self._max_batch_size, cap) if cap else self._max_batch_size)
 
     @property
     def ready(self) -> bool:
+        """See :class:`~.contracts.ModelHandle`."""
         return bool(self._engine.ready) and not self._closed and self._task is not None
 
     @property
     def queue_depth(self) -> int:
+        """Requests waiting for a batch."""
         return len(self._queue)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -199,7 +161,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(max(1, self._engine.workers))
         self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="batcher")
 
-    def swap_engine(self, new: Any) -> Any:
+    def swap_engine(self, new: Engine) -> Engine:
         """Serve the next batches from ``new``; returns the old engine (still running its batches).
 
         ``new`` must have the same ``name`` and at most as many ``workers`` as the old engine.
@@ -231,6 +193,7 @@ class Batcher:
         return done
 
     def live(self) -> tuple[bool, str]:
+        """See :class:`~.contracts.ModelHandle`: False while wedged or when the dispatcher stopped."""
         if (self._queue or self._running) and time.monotonic() - self._last_progress > self.settings.wedge_timeout_s:
             return False, (f"no batch completed for {time.monotonic() - self._last_progress:.0f}s while "
                            f"{len(self._queue)} request(s) wait and {self._running} batch(es) run")
@@ -239,14 +202,14 @@ class Batcher:
         return True, "ok"
 
     # ---- requests -------------------------------------------------------------------------------------
-    async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
+    async def infer(self, request: Inputs) -> InferResult:
+        """Queue one validated request and wait for its rows of a batch."""
         if self._closed:
             raise Unavailable("the runtime is shutting down")
         if not self._engine.ready or self._task is None:
             raise Unavailable(f"model {self.name} is not ready")
         eng = self._engine
-        declared = eng.files.max_batch_size or None
-        rows = validate_inputs(eng.inputs, inputs, declared)
+        inputs, rows = request.arrays, request.rows
         if len(self._queue) >= self.settings.max_queue_size:
             raise QueueFull(f"request queue is full ({self.settings.max_queue_size} waiting)",
                             retry_after_s=1.0)
@@ -273,7 +236,7 @@ class Batcher:
         (a big request runs alone rather than never).
         """
         batch: list[_Request] = []
-        rows, keep = 0, deque()
+        rows, keep = 0, deque[_Request]()
         while self._queue and rows < room:
             r = self._queue.popleft()
             if r.future.done():  # cancelled / timed out while queued
@@ -299,10 +262,10 @@ class Batcher:
                 await self._wakeup.wait()
             eng = self._engine  # read once: the whole batch runs on this engine (one version)
             head = next(r for r in self._queue if not r.future.done())
-            limit = max(1, eng.max_batch_size) if eng.batchable else 1
+            limit = self._batch_limit(eng) if eng.batchable else 1
             batch = self._take(head.key, limit, first=True)
             rows = sum(r.rows for r in batch)
-            timeout = self.settings.batch_timeout_ms / 1000.0
+            timeout = self._max_delay_ms / 1000.0
             if eng.batchable and rows < limit and timeout > 0 and self._running > 0:
                 # Other workers are busy: a short wait for company costs nothing in throughput.
                 deadline = head.enqueued + timeout
@@ -320,9 +283,9 @@ class Batcher:
                 continue
             self._running += 1
             fut = loop.run_in_executor(self._executor, _run_batch, eng, [r.inputs for r in batch])
-            fut.add_done_callback(lambda f, b=batch, e=eng: self._finish(f, b, e))
+            fut.add_done_callback(functools.partial(self._finish, batch=batch, eng=eng))
 
-    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Any) -> None:
+    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Engine) -> None:
         self._running -= 1
         self._last_progress = time.monotonic()
         assert self._slots is not None
@@ -341,7 +304,7 @@ class Batcher:
                     r.future.set_exception(exc)
 
 
-def _run_batch(engine: Any, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def _run_batch(engine: Engine, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Worker thread: stack, predict, split rows back per request."""
     if len(requests) == 1:
         return [engine.predict(requests[0])]

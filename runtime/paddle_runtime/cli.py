@@ -51,6 +51,7 @@ _SERVE_FLAGS: list[tuple[str, type, str]] = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``serve``."""
     p.add_argument("--config", dest="config_file", help="YAML settings file (keys = settings field names)")
     for field, typ, help_ in _SERVE_FLAGS:
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=typ, default=None, help=help_)
@@ -61,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``serve``: build the settings from flags, env and config file, then run the server."""
     from pydantic import ValidationError
 
     from .serve import run as serve_run
@@ -76,13 +78,16 @@ def run(args: argparse.Namespace) -> int:
     if not settings.model_dir:
         print("paddle-runtime serve: --model-dir (or PADDLE_RUNTIME_MODEL_DIR) is required", file=sys.stderr)
         return 2
-    return serve_run(settings)
+    # Flags beat the config file also when it changes at run time (config_watch.py).
+    pinned = {k for k, v in overrides.items() if v is not None}
+    return serve_run(settings, pinned)
 
 
 # ---- entry point ------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``paddle-runtime`` parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="paddle-runtime", description="Paddle Inference model runtime")
     parser.add_argument("--version", action="version", version=f"paddle-runtime {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     return int(args._run(args) or 0)
 

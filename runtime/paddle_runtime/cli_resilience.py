@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from paddle_runtime import fetch as fetch_mod
 from paddle_runtime import integrity
+from paddle_runtime.errors import IntegrityError
 
 log = logging.getLogger("paddle_runtime.cli")
 
@@ -118,6 +119,7 @@ def _log_setup() -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    """``fetch``: copy, verify and switch ``current``; the exit code names the failure."""
     _log_setup()
     try:
         opts = fetch_mod.FetchOptions(
@@ -145,12 +147,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    """``sign``: write MANIFEST.json (+ HMAC / model-signing signature) into a model directory."""
     try:
         key = integrity.load_hmac_key(args.hmac_key_file)
         m = integrity.sign_model_dir(
             args.model_dir, hmac_key=key, private_key=args.private_key, version=args.version
         )
-    except integrity.IntegrityError as exc:
+    except IntegrityError as exc:
         print(f"sign failed: {exc.kind}: {exc}", file=sys.stderr)
         return fetch_mod.EXIT_CODES.get(exc.kind, 1)
     what = ["manifest"] + (["hmac"] if key else []) + (["model-signing"] if args.private_key else [])
@@ -159,6 +162,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """``verify``: check a model directory the way ``serve`` and ``fetch`` do."""
     try:
         res = integrity.verify_model_dir(
             args.model_dir,
@@ -166,7 +170,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             public_key=args.public_key,
             require_manifest=args.require_signed,
         )
-    except integrity.IntegrityError as exc:
+    except IntegrityError as exc:
         print(f"verify failed: {exc.kind}: {exc}", file=sys.stderr)
         return fetch_mod.EXIT_CODES.get(exc.kind, 1)
     if not res.checks:

@@ -1,13 +1,8 @@
 """Paddle Inference engine: Config builder and a pool of cloned predictors.
 
-Interface used by the batcher and by the resilience layer (reload/fallback)::
-
-    eng = PaddleEngine(settings, model_dir="...", role="main")
-    eng.load()              # create predictor + clones, warm up; sets eng.ready; raises ModelLoadError
-    eng.predict({"x": arr}) # -> {output_name: ndarray}; thread-safe, blocks for a free predictor
-    eng.unload()            # waits for in-flight predicts (bounded), drops the predictors
-    eng.name, eng.version, eng.role, eng.device, eng.inputs, eng.outputs  (TensorSpec tuples)
-    eng.batchable, eng.max_batch_size, eng.workers, eng.load_seconds, eng.warmup_seconds
+:class:`PaddleEngine` implements :class:`paddle_runtime.contracts.Engine` (``load``, ``predict``,
+``unload``, ``wait_idle``, ``ready`` and the model's metadata); the batcher, reload and the fallback
+router use nothing else.
 
 Paddle predictors are not thread-safe, so the pool holds one predictor per worker (the first one
 created, the rest ``clone()``\\ d so they share weights) and every ``predict`` checks one out for its
@@ -189,7 +184,22 @@ class PaddleEngine:
 
     @property
     def inflight(self) -> int:
+        """Predicts running now."""
         return self._inflight
+
+    @property
+    def source(self) -> Path:
+        """The directory the model files come from (``current`` resolved)."""
+        return self.files.path
+
+    @property
+    def max_rows(self) -> int | None:
+        """Most rows one run may hold: model.yaml ``max_batch_size``, and with TensorRT the size its
+        engines were built for (None = no limit)."""
+        declared = self.files.max_batch_size or None
+        if self.settings.device == "gpu" and self.settings.tensorrt:
+            return min(declared or self.settings.max_batch_size, self.settings.max_batch_size)
+        return declared
 
     def _create_predictor(self) -> Any:
         pi = _inference()

@@ -57,6 +57,7 @@ def export_model(arch: str, dest: str | os.PathLike, *, weights: str | None = No
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``export``."""
     p.add_argument("arch", choices=sorted(ARCHS), help="paddle.vision.models architecture")
     p.add_argument("--dest", required=True, help="model directory to write")
     p.add_argument("--weights", help=".pdparams state dict to load (default: random init, seeded)")
@@ -65,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``export``: write a paddle.vision model as an inference model directory."""
     out = export_model(args.arch, args.dest, weights=args.weights, image_size=args.image_size, version=args.version)
     print(f"exported {args.arch} to {out}")
     return 0

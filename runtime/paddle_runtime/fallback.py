@@ -16,39 +16,31 @@ While on the fallback, main gets no user traffic: the last request is replayed o
 ``fallback_probe_interval_s`` to measure it. Every answer carries the role that produced it
 (``InferResult.role``: OIP ``parameters`` and a response header, set by the server).
 
-Thresholds (every ``fallback_*`` setting) are re-read from the mounted config file when it changes
-(a ConfigMap update), without a restart.
-
-Also here: :class:`FaultInjector`, a TEST-ONLY engine wrapper enabled by ``fault_injection_file``
-(empty by default) that adds latency or failures to one role's predict, re-read at run time.
+Thresholds (every setting in :data:`TUNABLE`) change at run time through
+:meth:`FallbackRouter.apply_params`: the config watcher (``config_watch.py``) calls it when the
+mounted ConfigMap changes, without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import threading
 import time
 from collections import deque
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import yaml
-
 from . import metrics
-from .batcher import InferResult
-from .errors import EngineError, ModelLoadError, RuntimeError_
+from .contracts import InferResult, Inputs, ModelHandle
+from .errors import RuntimeError_
 from .model_dir import TensorSpec
-from .reload import contract_difference
 from .settings import RuntimeSettings
 
 log = logging.getLogger("paddle_runtime.fallback")
 
 MAIN, FALLBACK, RAMP = "main", "fallback", "ramp"
-_TUNABLE = (
+TUNABLE = (
     "fallback_latency_threshold_ms",
     "fallback_window",
     "fallback_error_threshold",
@@ -60,100 +52,17 @@ _TUNABLE = (
 )
 
 
-# ---------------------------------------------------------------- test-only fault injection
-
-
-class FaultInjector:
-    """TEST ONLY: wraps an engine; ``predict`` first applies the faults configured for its role.
-
-    File format (YAML or JSON), re-read when its mtime changes::
-
-        main:     {delay_ms: 300}            # slow main model
-        fallback: {fail: true}               # EngineError from every predict
-        main:     {oom: true}                # the message Paddle gives when memory runs out
-
-    Delays are real sleeps in the predict thread, so queueing and batching behave as with a slow
-    model. The real predict still runs (unless failing), so answers stay the model's own.
-    """
-
-    def __init__(self, engine: Any, path: str, role: str) -> None:
-        self._engine = engine
-        self._path = Path(path)
-        self._role = role
-        self._mtime: int | None = None
-        self._faults: dict[str, Any] = {}
-        self._checked = 0.0
-        log.warning("TEST-ONLY fault injection enabled for role %s from %s", role, path)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    @property
-    def role(self) -> str:
-        return self._role
-
-    def _current(self) -> dict[str, Any]:
-        now = time.monotonic()
-        if now - self._checked > 0.05:
-            self._checked = now
-            try:
-                mtime = self._path.stat().st_mtime_ns
-                if mtime != self._mtime:
-                    doc = yaml.safe_load(self._path.read_text()) or {}
-                    self._faults = dict(doc.get(self._role) or {}) if isinstance(doc, dict) else {}
-                    self._mtime = mtime
-            except (OSError, yaml.YAMLError):
-                self._faults = {}
-        return self._faults
-
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        f = self._current()
-        if f.get("delay_ms"):
-            time.sleep(float(f["delay_ms"]) / 1000.0)
-        if f.get("oom"):
-            raise EngineError(
-                f"inference failed in model {self._engine.name}: ResourceExhaustedError: Out of memory (injected)"
-            )
-        if f.get("fail"):
-            raise EngineError(f"inference failed in model {self._engine.name}: injected fault")
-        return self._engine.predict(inputs)
-
-
-def make_engine(settings: RuntimeSettings, model_dir: str, role: str) -> Any:
-    """An unloaded engine for ``model_dir``, wrapped by the fault injector when (and only when) the
-    test-only ``fault_injection_file`` is set. Reload and fallback build every engine through this."""
-    from .engine import PaddleEngine
-
-    eng = PaddleEngine(settings, model_dir=model_dir, role=role)
-    if settings.fault_injection_file:
-        return FaultInjector(eng, settings.fault_injection_file, role)
-    return eng
-
-
-def check_same_contract(main: Any, fb: Any) -> None:
-    """Refuse a fallback whose inputs or outputs differ from the main model's (name, dtype, shape)."""
-    diff = contract_difference(main.inputs, fb.inputs, _out(main), _out(fb))
-    if diff:
-        raise ModelLoadError(
-            f"fallback model {fb.files.path} does not match the main model's contract: {diff}"
-        )
-
-
-def _out(eng: Any) -> tuple[TensorSpec, ...]:
-    return tuple(eng.outputs)
-
-
 # ---------------------------------------------------------------- the router
 
 
 class FallbackRouter:
     """``ModelHandle`` over a main and a fallback batcher, with the switching policy above."""
 
-    def __init__(self, main: Any, fallback: Any, settings: RuntimeSettings) -> None:
+    def __init__(self, main: ModelHandle, fallback: ModelHandle, settings: RuntimeSettings) -> None:
         self.main = main
         self.fallback = fallback
         self.settings = settings
-        self.params = {k: getattr(settings, k) for k in _TUNABLE}
+        self.params: dict[str, Any] = {k: v for k, v in settings.model_dump().items() if k in TUNABLE}
         self.state = MAIN
         self.step = 0  # index into fallback_recovery_steps while in RAMP
         self._lat: deque[float] = deque(maxlen=self.params["fallback_window"])
@@ -162,10 +71,8 @@ class FallbackRouter:
         self._outcomes: deque[bool] = deque(maxlen=self.params["fallback_window"])  # True = error
         self._since = time.monotonic()  # when the current state (or ramp step) began
         self._healthy_since: float | None = None
-        self._last_inputs: dict[str, np.ndarray] | None = None
+        self._last_inputs: Inputs | None = None
         self._probe_task: asyncio.Task | None = None
-        self._config_thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self.switches = {MAIN: 0, FALLBACK: 0}
         self.last_switch_reason: str | None = None
         self.last_switch_at: float | None = None
@@ -178,59 +85,50 @@ class FallbackRouter:
 
     @property
     def name(self) -> str:
+        """See :class:`~.contracts.ModelHandle`."""
         return self.main.name
 
     @property
     def version(self) -> str:
+        """See :class:`~.contracts.ModelHandle`."""
         return self.main.version
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
+        """See :class:`~.contracts.ModelHandle`."""
         return self.main.inputs
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
+        """See :class:`~.contracts.ModelHandle`."""
         return self.main.outputs
 
     @property
-    def max_batch_size(self) -> int:
-        return min(self.main.max_batch_size, self.fallback.max_batch_size)
-
-    @property
-    def engine(self) -> Any:
-        return self.main.engine
+    def max_rows(self) -> int | None:
+        """The smaller of the two models' row limits: a request must fit either."""
+        limits = [n for n in (self.main.max_rows, self.fallback.max_rows) if n]
+        return min(limits) if limits else None
 
     @property
     def ready(self) -> bool:
-        # Ready when either can answer: a broken main model is exactly when the fallback matters.
+        """Ready when either can answer: a broken main model is exactly when the fallback matters."""
         return bool(self.main.ready or self.fallback.ready)
 
-    @property
-    def queue_depth(self) -> int:
-        return getattr(self.main, "queue_depth", 0) + getattr(self.fallback, "queue_depth", 0)
-
     def live(self) -> tuple[bool, str]:
+        """Alive while either model is."""
         ok_m, why_m = self.main.live()
         ok_f, why_f = self.fallback.live()
         if ok_m or ok_f:
             return True, "ok"
         return False, f"main: {why_m}; fallback: {why_f}"
 
-    def swap_engine(self, new: Any) -> Any:
-        """Hot reload replaces the main model only."""
-        return self.main.swap_engine(new)
-
     async def start(self) -> None:
+        """Start the recovery probe in the running loop."""
         loop = asyncio.get_running_loop()
         self._probe_task = loop.create_task(self._probe_loop(), name="fallback-probe")
-        if self.settings.config_file:
-            self._config_thread = threading.Thread(
-                target=self._watch_config, name="fallback-config", daemon=True
-            )
-            self._config_thread.start()
 
     async def drain(self, timeout: float) -> bool:
-        self._stop.set()
+        """Stop probing; drain both models."""
         if self._probe_task:
             self._probe_task.cancel()
         a, b = await asyncio.gather(self.main.drain(timeout), self.fallback.drain(timeout))
@@ -245,7 +143,8 @@ class FallbackRouter:
         steps = self.params["fallback_recovery_steps"] or [100]
         return random.random() * 100 < steps[min(self.step, len(steps) - 1)]
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
+    async def infer(self, inputs: Inputs) -> InferResult:
+        """Answer from main or fallback as the policy says; a main failure is retried on the fallback."""
         self._last_inputs = inputs
         if not self._route_to_main():
             try:
@@ -396,50 +295,22 @@ class FallbackRouter:
                 (self.params["fallback_recovery_steps"] or [100])[0],
             )
 
-    # ---- run-time thresholds from the mounted config file --------------------------------------------------
-    def _watch_config(self) -> None:
-        path = Path(self.settings.config_file or "")
-        last: bytes | None = None
-        while not self._stop.wait(1.0):
-            try:
-                raw = path.read_bytes()  # content, not mtime: a ConfigMap update swaps a symlink
-            except OSError:
-                continue
-            if raw == last:
-                continue
-            first = last is None
-            last = raw
-            if not first:
-                self.apply_config(raw)
-
-    def apply_config(self, raw: bytes) -> dict[str, Any]:
-        """Apply the ``fallback_*`` keys of a config file body; invalid values are logged and ignored."""
-        try:
-            doc = yaml.safe_load(raw) or {}
-            if not isinstance(doc, dict):
-                raise ValueError("not a mapping")
-            # Env beats the config file (docs/contracts.md), so env-set keys are not overridden here.
-            wanted = {
-                k: doc[k] for k in _TUNABLE if k in doc and f"PADDLE_RUNTIME_{k.upper()}" not in os.environ
-            }
-            checked = RuntimeSettings.model_validate(
-                {**self.settings.model_dump(), **wanted, "config_file": None}
-            )
-        except Exception as exc:
-            log.error("ignoring fallback thresholds from %s: %s", self.settings.config_file, exc)
-            return {}
-        changed = {k: getattr(checked, k) for k in wanted if getattr(checked, k) != self.params[k]}
-        if changed:
-            self.params.update(changed)
-            if "fallback_window" in changed:
-                self._lat = deque(self._lat, maxlen=self.params["fallback_window"])
-                self._probe_lat = deque(self._probe_lat, maxlen=self.params["fallback_window"])
-                self._outcomes = deque(self._outcomes, maxlen=self.params["fallback_window"])
-            log.info("fallback thresholds updated from %s: %s", self.settings.config_file, changed)
-        return changed
+    # ---- run-time thresholds (the config watcher hands them over) ---------------------------------------
+    def apply_params(self, changed: Mapping[str, Any]) -> None:
+        """Use new thresholds (keys of :data:`TUNABLE`, already validated) from now on."""
+        new = {k: v for k, v in changed.items() if k in TUNABLE and v != self.params[k]}
+        if not new:
+            return
+        self.params.update(new)
+        if "fallback_window" in new:
+            self._lat = deque(self._lat, maxlen=self.params["fallback_window"])
+            self._probe_lat = deque(self._probe_lat, maxlen=self.params["fallback_window"])
+            self._outcomes = deque(self._outcomes, maxlen=self.params["fallback_window"])
+        log.info("fallback thresholds updated: %s", new)
 
     # ---- reporting ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """The fallback part of ``/version``."""
         steps = self.params["fallback_recovery_steps"] or [100]
         share = {MAIN: 100, FALLBACK: 0, RAMP: steps[min(self.step, len(steps) - 1)]}[self.state]
         mean = self._window_mean(self._lat)
@@ -454,20 +325,3 @@ class FallbackRouter:
             "last_switch_reason": self.last_switch_reason,
             "thresholds": dict(self.params),
         }
-
-
-def load_fallback(settings: RuntimeSettings, main_engine: Any) -> Any:
-    """Verify, build and load the fallback engine and check its contract against the main one (at start)."""
-    from .integrity import IntegrityError
-    from .reload import verify_for_start
-
-    try:  # the fallback is served to users too: the same keys guard it
-        verify_for_start(settings, settings.fallback_model_dir)
-    except IntegrityError as exc:
-        raise ModelLoadError(f"fallback model refused: {exc.kind}: {exc}") from exc
-    eng = make_engine(settings, settings.fallback_model_dir, FALLBACK)
-    eng.load()
-    check_same_contract(main_engine, eng)
-    metrics.set_model_info(eng.name, eng.version, eng.device, FALLBACK)
-    log.info("fallback model %s %s loaded (%s)", eng.name, eng.version, eng.files.path)
-    return eng

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from paddle_runtime.errors import RuntimeError_
+from .errors import (
+    BadSignatureError,
+    IncompleteModelError,
+    SigningUnavailableError,
+    TamperedModelError,
+    UnsignedModelError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,48 +50,6 @@ HMAC_KEY_ENV = "PADDLE_RUNTIME_HMAC_KEY"
 # they are derived data, so they are neither signed nor treated as tampering.
 DERIVED_DIRS = frozenset({"_opt_cache"})
 _CHUNK = 1 << 20
-
-
-class IntegrityError(RuntimeError_):
-    """A model directory failed an integrity check; the model must not be loaded.
-
-    422: the request to load it (admin reload, fetch) was well formed, the model is not acceptable.
-    ``kind`` is a short stable word for logs, metrics and the fetch exit message.
-    """
-
-    status = 422
-    kind = "integrity"
-
-
-class UnsignedModelError(IntegrityError):
-    """No manifest, HMAC or signature where the configuration requires one."""
-
-    kind = "unsigned"
-
-
-class IncompleteModelError(IntegrityError):
-    """A file listed in the manifest is missing or shorter than recorded (half-written, truncated)."""
-
-    kind = "incomplete"
-
-
-class TamperedModelError(IntegrityError):
-    """A file's content differs from the manifest, or a file is present that the manifest omits."""
-
-    kind = "checksum"
-
-
-class BadSignatureError(IntegrityError):
-    """The manifest's HMAC or the model-signing signature does not verify with the configured key."""
-
-    kind = "signature"
-
-
-class SigningUnavailableError(IntegrityError):
-    """A public/private key is configured but the optional ``model-signing`` package is missing."""
-
-    status = 500
-    kind = "config"
 
 
 @dataclass(frozen=True)
@@ -112,10 +76,12 @@ class Manifest:
 
     @property
     def total_bytes(self) -> int:
+        """Sum of the listed file sizes."""
         return sum(e.size for e in self.files.values())
 
     @classmethod
     def parse(cls, raw: bytes, where: str = MANIFEST_NAME) -> Manifest:
+        """Parse and check a manifest body; raises :class:`TamperedModelError` when it is not one."""
         try:
             doc = json.loads(raw)
             if doc.get("format") != MANIFEST_FORMAT:
@@ -142,6 +108,7 @@ class VerifyResult:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -278,6 +245,7 @@ def sign_model_dir(
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest | None:
+    """The parsed ``MANIFEST.json`` of a directory, or None when it has none."""
     p = Path(model_dir) / MANIFEST_NAME
     try:
         raw = p.read_bytes()
@@ -287,6 +255,7 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest | None:
 
 
 def verify_hmac(manifest: Manifest, hmac_text: str, key: bytes, where: str) -> None:
+    """Check ``MANIFEST.hmac`` against the manifest bytes; raises :class:`BadSignatureError`."""
     expected = _hmac_hex(key, manifest.raw)
     got = hmac_text.strip().removeprefix("hmac-sha256:")
     # compare_digest: a timing side channel here would let an attacker forge the tag byte by byte.
@@ -325,6 +294,7 @@ def verify_files(model_dir: Path, manifest: Manifest) -> None:
 
 
 def verify_signature(model_dir: Path, public_key: str | os.PathLike[str]) -> None:
+    """Check ``model.sig`` with the public key; raises an integrity error naming the problem."""
     sig = model_dir / SIGNATURE_NAME
     if not sig.is_file():
         raise UnsignedModelError(f"{model_dir} has no {SIGNATURE_NAME} and a public key is configured")

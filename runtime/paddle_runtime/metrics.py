@@ -89,6 +89,7 @@ class GpuSampler:
         return True
 
     def sample(self) -> None:
+        """Read every GPU once into the gauges."""
         import pynvml
 
         for i, h in enumerate(self._handles):
@@ -103,4 +104,5 @@ class GpuSampler:
             self.sample()
 
     def stop(self) -> None:
+        """Stop sampling."""
         self._stop.set()

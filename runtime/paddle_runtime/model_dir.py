@@ -37,8 +37,8 @@ import numpy as np
 import yaml
 
 from .errors import ModelLoadError
+from .store import CURRENT, resolve_current
 
-CURRENT_LINK = "current"
 MODEL_YAML = "model.yaml"
 
 # OIP v2 datatype <-> numpy dtype.  BYTES is not supported: Paddle inference takes numeric tensors.
@@ -86,6 +86,7 @@ class TensorSpec:
 
     @property
     def dtype(self) -> np.dtype:
+        """The numpy dtype of :attr:`datatype`."""
         return OIP_TO_NUMPY[self.datatype]
 
     def metadata(self) -> dict[str, Any]:
@@ -127,10 +128,10 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
     root = Path(model_dir)
     if not root.is_dir():
         raise ModelLoadError(f"model directory {root} does not exist")
-    cur = root / CURRENT_LINK
-    if cur.exists():
-        return cur.resolve()
-    return root.resolve()
+    path = resolve_current(root)
+    if not path.is_dir():
+        raise ModelLoadError(f"{root / CURRENT} points to {path}, which is not a directory")
+    return path
 
 
 def _find_model_files(path: Path) -> tuple[Path, Path, str]:
@@ -226,7 +227,8 @@ def _pir_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
         ops = prog["program"]["regions"][0]["blocks"][0]["ops"]
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise ModelLoadError(f"{path} is not a PIR program json: {e}") from e
-    inputs, outputs = [], []
+    inputs: list[TensorSpec] = []
+    outputs: list[tuple[int, TensorSpec]] = []
     for op in ops:
         kind = str(op.get("#", ""))
         if kind.endswith(".data"):
@@ -244,8 +246,9 @@ def _pir_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
 
 
 def _legacy_io(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    from paddle.base.proto import framework_pb2  # protobuf classes only; no engine needed
+    from paddle.base.proto import framework_pb2 as pb  # protobuf classes only; no engine needed
 
+    framework_pb2: Any = pb  # generated protobuf module: no static attributes for mypy
     prog = framework_pb2.ProgramDesc()
     try:
         prog.ParseFromString(path.read_bytes())

@@ -204,6 +204,7 @@ class RuntimeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Sources in precedence order: flags, env, then the YAML config file."""
         init_kwargs = getattr(init_settings, "init_kwargs", {}) or {}
         path = init_kwargs.get("config_file") or os.environ.get(CONFIG_FILE_ENV)
         return init_settings, env_settings, _YamlFileSource(settings_cls, path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle_runtime.auth import RateLimiter
-from paddle_runtime.fetch import switch_current
+from paddle_runtime.store import switch_current
 
 from .conftest import free_port_here, publish, wait_until
 
@@ -167,3 +167,13 @@ def test_admin_port_without_token_refuses_to_start(ocr_cls_dir: Path, runtime_se
     srv = runtime_server(ocr_cls_dir, "--admin-port", str(free_port_here()), wait_ready=False)
     assert srv.proc.wait(90) != 0
     assert "admin_token_file" in srv.log()
+
+
+def test_tls_cert_without_key_refuses_to_start_naming_the_missing_setting(
+    tmp_path: Path, ocr_cls_dir: Path, runtime_server
+) -> None:
+    cert, _key = _self_signed(tmp_path)
+    srv = runtime_server(ocr_cls_dir, env={"PADDLE_RUNTIME_TLS_CERT_FILE": str(cert)}, wait_ready=False)
+    assert srv.proc.wait(90) == 2
+    log = srv.log()
+    assert "tls_key_file" in log and "PADDLE_RUNTIME_TLS_KEY_FILE" in log, log[-2000:]

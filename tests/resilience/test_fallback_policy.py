@@ -11,7 +11,7 @@ import asyncio
 
 import numpy as np
 
-from paddle_runtime.batcher import InferResult
+from paddle_runtime.contracts import InferResult, Inputs
 from paddle_runtime.errors import EngineError, InvalidInput
 from paddle_runtime.fallback import FALLBACK, MAIN, RAMP, FallbackRouter
 from paddle_runtime.settings import RuntimeSettings
@@ -21,13 +21,13 @@ class Handle:
     def __init__(self, role: str) -> None:
         self.role, self.name, self.version = role, "m", "1"
         self.inputs = self.outputs = ()
-        self.max_batch_size, self.ready = 8, True
+        self.max_rows, self.ready = 8, True
         self.delay, self.fail, self.calls = 0.0, False, 0
 
     def live(self) -> tuple[bool, str]:
         return True, "ok"
 
-    async def infer(self, inputs: dict) -> InferResult:
+    async def infer(self, inputs: Inputs) -> InferResult:
         self.calls += 1
         await asyncio.sleep(self.delay)
         if self.fail:
@@ -54,7 +54,7 @@ def _router(**kw) -> tuple[FallbackRouter, Handle, Handle]:
 async def _run_until(router: FallbackRouter, cond, n: int = 400) -> list[str]:
     roles = []
     for _ in range(n):
-        roles.append((await router.infer({"x": np.zeros(1)})).role)
+        roles.append((await router.infer(Inputs({"x": np.zeros(1)}, 1))).role)
         if cond():
             break
         await asyncio.sleep(0.002)
@@ -92,13 +92,13 @@ def test_error_ratio_mode_and_client_errors_do_not_count() -> None:
         good_infer, main.infer = main.infer, bad_input
         for _ in range(10):  # a caller's 4xx is not the model's fault: no switch, no retry
             try:
-                await router.infer({})
+                await router.infer(Inputs({}, 0))
             except InvalidInput:
                 pass
         assert router.state == MAIN and fb.calls == 0
         main.infer = good_infer
         main.fail = True
-        roles = [(await router.infer({})).role for _ in range(4)]
+        roles = [(await router.infer(Inputs({}, 0))).role for _ in range(4)]
         assert roles == ["fallback"] * 4  # every failed request was answered by the fallback
         assert router.state == FALLBACK and "error ratio" in router.last_switch_reason
         await router.drain(1)
@@ -111,9 +111,9 @@ def test_fallback_failing_while_active_is_answered_by_main() -> None:
         router, main, fb = _router()
         main.fail = True
         for _ in range(3):
-            assert (await router.infer({})).role == "fallback"
+            assert (await router.infer(Inputs({}, 0))).role == "fallback"
         assert router.state == FALLBACK
         main.fail, fb.fail = False, True
-        assert (await router.infer({})).role == "main"
+        assert (await router.infer(Inputs({}, 0))).role == "main"
 
     asyncio.run(scenario())

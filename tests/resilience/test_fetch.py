@@ -11,22 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from paddle_runtime.fetch import (
-    EXIT_CODES,
-    FetchOptions,
+from paddle_runtime.errors import (
+    BadSignatureError,
     SourceAuthError,
     SourceNotFoundError,
     SourceUnavailableError,
-    fetch,
-    resolve_current,
-)
-from paddle_runtime.integrity import (
-    BadSignatureError,
     TamperedModelError,
     UnsignedModelError,
+)
+from paddle_runtime.fetch import EXIT_CODES, FetchOptions, fetch
+from paddle_runtime.integrity import (
     load_hmac_key,
     sign_model_dir,
 )
+from paddle_runtime.store import resolve_current
 
 from .conftest import KeyPair
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from paddle_runtime.fetch import EXIT_CODES, resolve_current
+from paddle_runtime.fetch import EXIT_CODES
 from paddle_runtime.integrity import load_hmac_key, sign_model_dir
+from paddle_runtime.store import resolve_current
 
 from .conftest import KeyPair, free_port_here
 from .test_fetch import _same_tree

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from paddle_runtime import integrity
-from paddle_runtime.integrity import (
+from paddle_runtime.errors import (
     BadSignatureError,
     IncompleteModelError,
     TamperedModelError,
     UnsignedModelError,
+)
+from paddle_runtime.integrity import (
     load_hmac_key,
     sign_model_dir,
     verify_model_dir,

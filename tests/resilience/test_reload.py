@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paddle_runtime.fetch import switch_current
 from paddle_runtime.integrity import sign_model_dir
+from paddle_runtime.store import switch_current
 
 from .conftest import Client, get_json, metric_value, publish, wait_until
 

@@ -13,6 +13,7 @@ import pytest
 
 from paddle_runtime import metrics
 from paddle_runtime.batcher import Batcher
+from paddle_runtime.contracts import Inputs, validate_inputs
 from paddle_runtime.engine import PaddleEngine, build_config
 from paddle_runtime.errors import InvalidInput, QueueFull
 from paddle_runtime.model_dir import load_model_files
@@ -55,6 +56,10 @@ def test_engine_outputs_equal_direct_predictor_single_and_batched(reference: Any
     assert not eng.ready
 
 
+def _valid(b: Batcher, arrays: dict) -> Inputs:
+    return validate_inputs(b.inputs, arrays, b.max_rows)
+
+
 def test_pir_model_loads_with_memory_optim_requested(mobilenet_v3_dir: Path, ocr_cls_dir: Path) -> None:
     # Paddle 3.3.1 cannot create a predictor for a PIR .json program with enable_memory_optim():
     pir = load_model_files(mobilenet_v3_dir)
@@ -79,7 +84,7 @@ def test_concurrent_callers_each_get_their_own_rows(reference: Any, mnv3_engine:
         b = Batcher(mnv3_engine, RuntimeSettings(model_dir=str(mobilenet_v3_dir), max_batch_size=8, workers=2))
         await b.start()
         try:
-            return await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+            return await asyncio.gather(*(b.infer(_valid(b, {"x": x})) for x in xs))
         finally:
             await b.drain(5)
 
@@ -101,7 +106,7 @@ def test_unstackable_shapes_are_grouped_by_shape(reference: Any, ocr_rec_dir: Pa
         b = Batcher(eng, RuntimeSettings(model_dir=str(ocr_rec_dir)))
         await b.start()
         try:
-            return await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+            return await asyncio.gather(*(b.infer(_valid(b, {"x": x})) for x in xs))
         finally:
             await b.drain(5)
 
@@ -127,12 +132,12 @@ def test_full_queue_refuses_with_retry_after_and_wedged_engine_fails_liveness(oc
     async def main() -> None:
         b = Batcher(eng, RuntimeSettings(model_dir=str(ocr_cls_dir), max_queue_size=2, wedge_timeout_s=0.3))
         await b.start()
-        running = asyncio.ensure_future(b.infer(x))
+        running = asyncio.ensure_future(b.infer(_valid(b, x)))
         await asyncio.sleep(0.05)  # dispatched, stuck in predict
-        queued = [asyncio.ensure_future(b.infer(x)) for _ in range(2)]
+        queued = [asyncio.ensure_future(b.infer(_valid(b, x))) for _ in range(2)]
         await asyncio.sleep(0.05)
         with pytest.raises(QueueFull) as exc:
-            await b.infer(x)
+            await b.infer(_valid(b, x))
         assert exc.value.status == 503 and "Retry-After" in exc.value.headers
         assert b.live()[0] is True  # not yet past wedge_timeout_s
         await asyncio.sleep(0.4)
@@ -146,23 +151,20 @@ def test_full_queue_refuses_with_retry_after_and_wedged_engine_fails_liveness(oc
     asyncio.run(main())
 
 
-def test_invalid_inputs_are_rejected_before_queueing(mnv3_engine: PaddleEngine, mobilenet_v3_dir: Path) -> None:
-    async def main() -> None:
-        b = Batcher(mnv3_engine, RuntimeSettings(model_dir=str(mobilenet_v3_dir)))
-        await b.start()
-        cases = [
-            ({"y": np.zeros((1, 3, 224, 224), np.float32)}, "unknown input 'y'"),
-            ({"x": np.zeros((1, 3, 224, 224), np.float64)}, "dtype float64"),
-            ({"x": np.zeros((1, 3, 224, 100), np.float32)}, "dimension 3 must be 224"),
-            ({"x": np.zeros((0, 3, 224, 224), np.float32)}, "empty"),
-            ({"x": np.zeros((3, 224, 224), np.float32)}, "rank"),
-        ]
-        for inputs, msg in cases:
-            with pytest.raises(InvalidInput, match=msg):
-                await b.infer(inputs)
-        await b.drain(1)
-
-    asyncio.run(main())
+def test_invalid_inputs_are_rejected_by_the_one_validation(mnv3_engine: PaddleEngine) -> None:
+    cases = [
+        ({"y": np.zeros((1, 3, 224, 224), np.float32)}, "unknown input 'y'"),
+        ({"x": np.zeros((1, 3, 224, 224), np.float64)}, "datatype FP64"),
+        ({"x": np.zeros((1, 3, 224, 100), np.float32)}, "dimension 3 must be 224"),
+        ({"x": np.zeros((0, 3, 224, 224), np.float32)}, "empty"),
+        ({"x": np.zeros((3, 224, 224), np.float32)}, "rank"),
+        ({"x": np.zeros((3, 3, 224, 224), np.float32)}, "over the model's max_batch_size 2"),
+    ]
+    for inputs, msg in cases:
+        with pytest.raises(InvalidInput, match=msg):
+            validate_inputs(mnv3_engine.inputs, inputs, max_rows=2)
+    ok = validate_inputs(mnv3_engine.inputs, {"x": np.zeros((2, 3, 224, 224), np.float32)}, max_rows=2)
+    assert ok.rows == 2
 
 
 def test_engine_swap_mid_stream_never_mixes_versions(reference: Any, export_model_dir: Any) -> None:
@@ -178,7 +180,7 @@ def test_engine_swap_mid_stream_never_mixes_versions(reference: Any, export_mode
         await b.start()
         tasks = []
         for i, x in enumerate(xs):
-            tasks.append(asyncio.ensure_future(b.infer({"x": x})))
+            tasks.append(asyncio.ensure_future(b.infer(_valid(b, {"x": x}))))
             if i == 20:
                 await asyncio.sleep(0)
                 old = b.swap_engine(e2)

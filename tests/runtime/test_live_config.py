@@ -1,0 +1,124 @@
+"""Batching settings from the mounted ConfigMap apply to the running process (issue 12).
+
+The config directory is laid out the way kubelet mounts a ConfigMap volume (``config.yaml`` ->
+``..data/config.yaml``, ``..data`` -> a timestamped directory, swapped by renaming a new symlink
+over ``..data``), and the runtime is started the way the operator starts it (``--config``).  The test
+reads the values the process uses: ``/version`` and the sizes of the batches it actually runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+NAME = "ch_ppocr_mobile_v2_cls_infer"
+SHAPE = (1, 3, 48, 192)
+
+
+class MountedConfigMap:
+    """A directory that behaves like kubelet's ConfigMap volume for one key, ``config.yaml``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self._n = 0
+
+    @property
+    def file(self) -> Path:
+        return self.root / "config.yaml"
+
+    def write(self, settings: dict[str, Any]) -> None:
+        self._n += 1
+        data = self.root / f"..2026_12_02_{self._n:04d}"
+        data.mkdir()
+        (data / "config.yaml").write_text(yaml.safe_dump(settings))
+        tmp = self.root / "..data_tmp"
+        os.symlink(data.name, tmp)
+        os.replace(tmp, self.root / "..data")  # the atomic swap kubelet does
+        if not self.file.is_symlink():
+            os.symlink("..data/config.yaml", self.file)
+
+
+def _batching(srv: Any) -> dict[str, Any]:
+    return json.loads(srv.get("/version")[1])["batching"]
+
+
+def _wait_batching(srv: Any, want: dict[str, Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = _batching(srv)
+        if all(got[k] == v for k, v in want.items()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"/version batching is {_batching(srv)}, expected {want}\n{srv.log()[-3000:]}")
+
+
+def _batch_counts(srv: Any) -> dict[str, float]:
+    """Executed batches so far: total and per histogram bucket (``le`` -> count)."""
+    counts: dict[str, float] = {}
+    for line in srv.get("/metrics")[1].decode().splitlines():
+        if f'model="{NAME}"' not in line:
+            continue
+        if line.startswith("paddle_runtime_batch_size_count"):
+            counts["total"] = float(line.split()[-1])
+        elif line.startswith("paddle_runtime_batch_size_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            counts[le] = float(line.split()[-1])
+    return counts
+
+
+def _load(srv: Any, n: int = 96, threads: int = 16) -> None:
+    x = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(SHAPE),
+                                   "data": x.ravel().tolist()}]}).encode()
+
+    def one(_: int) -> int:
+        req = urllib.request.Request(f"{srv.url}/v2/models/{NAME}/infer", body,
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status
+
+    with ThreadPoolExecutor(threads) as pool:
+        assert set(pool.map(one, range(n))) == {200}
+
+
+def _delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_changed_max_batch_size_and_timeout_are_used_by_the_running_runtime(
+        tmp_path: Path, ocr_cls_dir: Path, runtime_server: Any) -> None:
+    cm = MountedConfigMap(tmp_path / "config")
+    cm.write({"max_batch_size": 8, "batch_timeout_ms": 5})
+    srv = runtime_server(ocr_cls_dir, "--config", str(cm.file), "--workers", "1")
+    assert _batching(srv) == {"maxBatchSize": 8, "batchTimeoutMs": 5, "batchable": True}
+
+    before = _batch_counts(srv)
+    _load(srv)
+    after = _batch_counts(srv)
+    # With 16 callers and one worker, batches of more than 2 rows form while max_batch_size is 8.
+    assert _delta(after, before, "2.0") < _delta(after, before, "total"), (before, after)
+
+    cm.write({"max_batch_size": 2, "batch_timeout_ms": 40})
+    _wait_batching(srv, {"maxBatchSize": 2, "batchTimeoutMs": 40})
+    before = _batch_counts(srv)
+    _load(srv)
+    after = _batch_counts(srv)
+    total = _delta(after, before, "total")
+    assert total > 0 and _delta(after, before, "2.0") == total, (before, after)  # no batch over 2 rows
+    assert _delta(after, before, "1.0") < total, (before, after)  # and it still batches, up to 2
+
+    # A ConfigMap value the settings refuse is ignored: the running values stay.
+    cm.write({"max_batch_size": 0, "batch_timeout_ms": 40})
+    time.sleep(2.5)
+    assert _batching(srv)["maxBatchSize"] == 2
+    assert "ignoring the new" in srv.log()
+    assert srv.proc.poll() is None
