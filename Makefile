@@ -22,9 +22,10 @@ system-deps:  ## Debian packages the tests run for real (Prometheus)
 binaries: setup  ## build (or reuse) the pinned upstream Kubernetes binaries
 	$(PY) -m e2e.cluster build
 
-lint: setup
+lint: setup  ## ruff (with docstring rules), import-linter layer contracts, mypy on both packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy operator/paddle_operator runtime/paddle_runtime
 
 test-unit: setup
 	$(PY) -m pytest -m "not e2e" tests

@@ -226,21 +226,17 @@ def test_schema_rejects_bad_values(chart, setting: str, field: str):
 def test_chart_rbac_covers_every_call_the_operator_code_makes(chart):
     """Derived from the operator's own tables, so a new child kind without a grant fails here."""
     pytest.importorskip("kopf")
-    from paddle_operator import canary, handlers, kube, reconcile
+    from paddle_operator import kinds
     from paddle_operator.spec import GROUP, PLURAL
 
-    def key(api_version: str, plural: str) -> tuple[str, str]:
-        return (api_version.rpartition("/")[0], plural)
-
     needs: dict[tuple[str, str], set[str]] = {}
-    for (api_version, _kind), plural in kube.RESOURCES.items():
-        needs.setdefault(key(api_version, plural), set()).add("get")
+    for k in kinds.ALL:
+        needs.setdefault((k.group, k.plural), set()).add("get")
     # Applied with server-side apply (create or patch), listed and deleted when pruned.
-    for api_version, kind in [*reconcile.MANAGED_KINDS, *canary.ROUTER_KINDS]:
-        plural = kube.RESOURCES[(api_version, kind)]
-        needs.setdefault(key(api_version, plural), set()).update({"create", "patch", "list", "delete"})
-    for group, _version, plural in handlers.CHILD_RESOURCES:
-        needs.setdefault((group, plural), set()).update({"list", "watch"})
+    for k in kinds.OWNED:
+        needs.setdefault((k.group, k.plural), set()).update({"create", "patch", "list", "delete"})
+    for k in kinds.WATCHED:
+        needs.setdefault((k.group, k.plural), set()).update({"list", "watch"})
     # kopf: the watch on the resource, annotations/finalizer patches, status patches.
     needs.setdefault((GROUP, PLURAL), set()).update({"list", "watch", "patch"})
     needs[(GROUP, f"{PLURAL}/status")] = {"patch"}
