@@ -22,7 +22,6 @@ def test_every_test_the_verification_table_names_exists():
             if not (ROOT / path).is_file():
                 missing.append(path)
                 continue
-        if name and current:
-            if f"def {name[2:]}(" not in (ROOT / current).read_text():
-                missing.append(f"{current}{name}")
+        if name and current and f"def {name[2:]}(" not in (ROOT / current).read_text():
+            missing.append(f"{current}{name}")
     assert missing == []
