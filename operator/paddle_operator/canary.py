@@ -28,13 +28,13 @@ from .kube import Kube
 from .memory import Memory
 from .plan import (
     REV_SEP,
-    _model_json,
     desired_revision,
     model_canary,
     policy_for,
     revision,
     shape_from_status,
     shape_of,
+    spec_model_json,
     tag_of,
 )
 from .prometheus import PrometheusQuerier
@@ -123,7 +123,7 @@ def tick(
         # spec.model.update switched to or from Canary while idle: the model serving now is the stable
         # one, so the switch itself is not a change to roll out.
         stable_tag = tag_of(mem.shape.stable_tag)
-        model = _model_json(svc) if model_canary(svc) else ""
+        model = spec_model_json(svc) if model_canary(svc) else ""
         rev = revision(svc, stable_tag, model)
         mem.shape = replace(mem.shape, stable_tag=rev, stable_deploy_tag=rev, stable_model=model)
 
@@ -164,8 +164,8 @@ def tick(
     # After a promotion the stable track runs spec.model; before it, the model recorded as stable.
     stable_model = ""
     if model_canary(svc):
-        stable_model = _model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
-        stable_model = stable_model or _model_json(svc)
+        stable_model = spec_model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
+        stable_model = stable_model or spec_model_json(svc)
     shape = shape_of(decision, policy, stable_model)
     # Before the first step the canary is sized for step 1; a restart must not change that.
     mem.shape, mem.state = shape, decision.state
@@ -183,7 +183,7 @@ def tick(
     new_rollout: dict[str, Any] = decision.state.to_status(len(policy.steps)) if decision.state.phase else {}
     if model_canary(svc):
         # The stable model, so a restart (or the plan from status) builds the stable track with it.
-        new_rollout["stableModel"] = json.loads(shape.stable_model or _model_json(svc))
+        new_rollout["stableModel"] = json.loads(shape.stable_model or spec_model_json(svc))
     if new_rollout:
         owned["rollout"] = new_rollout
     old_rollout = dict(status.get("rollout") or {})
@@ -198,6 +198,24 @@ def tick(
 
 
 # ------------------------------------------------------------------------------ SLA status
+
+
+def has_sla_status(body: dict[str, Any]) -> bool:
+    """The status carries fields the SLA evaluator writes (``sla`` or the ``SLAMet`` condition)."""
+    status = body.get("status") or {}
+    return "sla" in status or any(c.get("type") == "SLAMet" for c in status.get("conditions") or [])
+
+
+def clear_sla(kube: Kube, body: dict[str, Any]) -> bool:
+    """``spec.sla`` lost its targets: release every field SLA_MANAGER owns (``sla``, ``SLAMet``).
+
+    Applying an empty status under the manager removes the fields it alone owns. True when applied.
+    """
+    if not has_sla_status(body):
+        return False
+    meta = body["metadata"]
+    kube.apply_status(meta.get("namespace") or "default", meta["name"], {}, SLA_MANAGER)
+    return True
 
 
 def evaluate_sla(

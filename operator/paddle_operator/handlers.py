@@ -228,7 +228,7 @@ class Work:
     key: tuple[str, str]
     body: dict[str, Any]
     tick: bool = False  # advance its rollout
-    sla: bool = False  # refresh status.sla
+    sla: bool = False  # refresh status.sla (or clear it once the spec has no SLA targets)
     recheck: bool = False  # reconcile again: it is blocked (ReconcileError=True)
 
 
@@ -266,6 +266,7 @@ class RolloutLoop:
         self._idle: dict[tuple[str, str], tuple[Any, ...]] = {}  # fingerprint when last found idle
         self._next_sla: dict[tuple[str, str], float] = {}
         self._next_recheck: dict[tuple[str, str], float] = {}
+        self._sla_cleared: set[tuple[str, str]] = set()  # once per process: older writers' fields stay
         self._busy: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -296,7 +297,11 @@ class RolloutLoop:
             if body["metadata"].get("deletionTimestamp"):
                 continue
             tick = self._idle.get(key) != self.fingerprint(body)
-            sla = self.has_sla(body) and now >= self._next_sla.get(key, 0.0)
+            if self.has_sla(body):
+                self._sla_cleared.discard(key)
+                sla = now >= self._next_sla.get(key, 0.0)
+            else:
+                sla = key not in self._sla_cleared and canary.has_sla_status(body)
             recheck = False
             if _blocked(body.get("status")):
                 # First seen blocked: the reconcile that found it just ran; recheck one period later.
@@ -307,6 +312,7 @@ class RolloutLoop:
             if tick or sla or recheck:
                 work.append(Work(key, body, tick, sla, recheck))
         for gone in (set(self._idle) | set(self._next_sla) | set(self._next_recheck)) - seen:
+            self._sla_cleared.discard(gone)
             self._idle.pop(gone, None)
             self._next_sla.pop(gone, None)
             self._next_recheck.pop(gone, None)
@@ -330,9 +336,12 @@ class RolloutLoop:
                 idle = not (tick.status or tick.applied or tick.events) and memory.settled(
                     meta["namespace"], meta["name"], meta.get("uid", "")
                 )
-            if w.sla:
+            if w.sla and self.has_sla(w.body):
                 canary.evaluate_sla(kube(), w.body, self.settings, now=now)
                 evaluated = True
+            elif w.sla:
+                canary.clear_sla(kube(), w.body)
+                self._sla_cleared.add(w.key)
         except KubeError as e:  # the next period tries again
             log.warning("rollout %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
         except Exception:  # keep the loop alive whatever one resource does

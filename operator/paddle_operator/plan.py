@@ -60,7 +60,8 @@ def model_canary(svc: PaddleModelService) -> bool:
     return svc.spec.model.update == "Canary"
 
 
-def _model_json(svc: PaddleModelService) -> str:
+def spec_model_json(svc: PaddleModelService) -> str:
+    """``spec.model`` as canonical JSON (what a model revision is computed from)."""
     return json.dumps(svc.spec.model.model_dump(by_alias=True, exclude_none=True), sort_keys=True)
 
 
@@ -74,7 +75,7 @@ def revision(svc: PaddleModelService, tag: str, model_json: str = "") -> str:
     """``tag``, or ``tag@<model>`` when model changes are canaried (``model_json`` "" = spec.model)."""
     if not model_canary(svc):
         return tag
-    return f"{tag}{REV_SEP}{_model_key(json.loads(model_json or _model_json(svc)))}"
+    return f"{tag}{REV_SEP}{_model_key(json.loads(model_json or spec_model_json(svc)))}"
 
 
 def desired_revision(svc: PaddleModelService) -> str:
@@ -154,7 +155,7 @@ def shape_from_status(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
     if model_canary(svc):
         # Recorded by tick(); on first sight the model in the spec is the one serving.
         recorded = rollout_status.get("stableModel")
-        stable_model = json.dumps(recorded, sort_keys=True) if recorded else _model_json(svc)
+        stable_model = json.dumps(recorded, sort_keys=True) if recorded else spec_model_json(svc)
     stable = revision(svc, status.get("stableTag") or svc.spec.tag, stable_model)
     state = ro.RolloutState.from_status(rollout_status)
     policy = policy_for(svc)

@@ -172,3 +172,15 @@ def test_blocked_resource_is_reconciled_again_every_recheck_period(kube, loop):
     # Once the status says unblocked, no more rechecks.
     index[KEY] = [body()]
     assert not any(w.recheck for w in loop.due(index, 1000.0 + 3 * period))
+
+
+def test_sla_status_is_released_when_the_spec_drops_its_targets(kube, loop):
+    measured = body()
+    measured["status"]["sla"] = {"summary": "80ms/100ms", "p99Ms": 80.0}
+    measured["status"]["conditions"] = [{"type": "SLAMet", "status": "True", "reason": "WithinSLA"}]
+    index = {KEY: [measured]}
+    assert run_due(loop, index, 1000.0) == [(KEY, True, True)]
+    # The SLA writer applies an empty status under its field manager: its fields are removed.
+    assert {} in kube.patches
+    # Once per process, not every period (fields of an older writer would stay).
+    assert run_due(loop, index, 1000.0 + 2 * SETTINGS.sla_period_s) == []
