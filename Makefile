@@ -30,9 +30,10 @@ binaries: setup  ## build (or reuse) the pinned upstream Kubernetes binaries
 images: setup system-deps  ## build (or reuse) the runtime, operator and pause images without Docker (buildah)
 	$(PY) -m e2e.images build
 
-lint: setup
+lint: setup  ## ruff (with docstring rules), import-linter layer contracts, mypy on both packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy operator/paddle_operator runtime/paddle_runtime
 
 test-unit: setup
 	$(PY) -m pytest -m "not e2e" tests

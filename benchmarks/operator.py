@@ -149,7 +149,7 @@ def main() -> int:
     example["spec"]["inference"]["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}}
     with open_cluster() as cluster:
         os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-        kube = Kube(load_api_client())
+        kube = Kube(load_api_client(kubeconfig=str(cluster.kubeconfig)))
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
         for _ in range(60):  # `kubectl wait` fails outright while the CRD has no conditions yet
             if cluster.kubectl("wait", "--for=condition=Established", "crd/paddlemodelservices.serving.paddlesla.io",

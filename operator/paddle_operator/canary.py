@@ -1,375 +1,55 @@
 """Canary rollouts and SLA status: the glue between the pure pieces and the cluster.
 
-- :func:`plan` replaces ``reconcile.plan``: the children for the rollout's current shape (stable
-  Deployment on ``status.stableTag``, canary Deployment, per-track Services/HPAs, router objects).
-  It never reads ``spec.tag`` as "what stable runs": a tag change alone never rolls stable forward,
-  only a promotion does (KServe #5335 did a full rollout on a tag change).
-- :func:`tick` runs from a kopf timer: observe the tracks, ask Prometheus when an analysis is due,
-  feed ``rollout.step`` and apply the result; returns the status patch and events for the handler.
-- :func:`evaluate_sla` writes ``status.sla`` and the ``SLAMet`` condition.
+- :func:`tick` runs from the shared rollout loop (handlers.py): observe the tracks, ask Prometheus
+  when an analysis is due, feed ``rollout.step``, record the decision in memory.py and reconcile when
+  the shape changed (the reconcile's plan builds the children for it); it owns ``status.stableTag``
+  and ``status.rollout`` (field manager ``ROLLOUT_MANAGER``).
+- :func:`evaluate_sla` owns ``status.sla`` and the ``SLAMet`` condition (``SLA_MANAGER``).
 
 No kopf here (handlers.py adapts it); Prometheus and the API server are reached through
-``prometheus.py`` and ``kube.py``.
+``prometheus.py`` and ``kube.py``; settings arrive as an argument.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import promql
+from . import memory, promql
 from . import reconcile as rc
 from . import rollout as ro
-from .builders import (
-    build_configmap,
-    build_deployment,
-    build_hpa,
-    build_pdb,
-    build_service,
-)
-from .builders.common import CANARY, STABLE
-from .builders.pdb import pdb_max_unavailable
-from .builders.routing import (
-    ROUTER_GATEWAY,
-    ROUTER_ISTIO,
-    ROUTER_SERVICE,
-    build_destination_rule,
-    build_httproute,
-    build_track_service,
-    build_virtual_service,
-    hpa_bounds,
-    replica_split,
-    track_name,
-)
+from .builders.common import CANARY
+from .builders.routing import track_name
 from .kube import Kube
+from .memory import Memory
+from .plan import (
+    REV_SEP,
+    desired_revision,
+    model_canary,
+    policy_for,
+    revision,
+    shape_from_status,
+    shape_of,
+    spec_model_json,
+    tag_of,
+)
 from .prometheus import PrometheusQuerier
-from .spec import API_VERSION, KIND, PaddleModelService
-from .status import merge_conditions, now_iso
+from .settings import OperatorSettings
+from .spec import PaddleModelService
+from .status import ROLLOUT_MANAGER, SLA_MANAGER, merge_conditions, now_iso
 
 log = logging.getLogger(__name__)
 
-# How often the rollout timer looks at each resource. Analyses still run only every
-# spec.rollout.intervalSeconds; the tick only bounds how late a step or a readiness change is seen.
-TICK_S = float(os.environ.get("PADDLE_OPERATOR_ROLLOUT_TICK_S", "5"))
-# How often status.sla is refreshed from Prometheus.
-SLA_PERIOD_S = float(os.environ.get("PADDLE_OPERATOR_SLA_PERIOD_S", "30"))
-# Used when a resource names no spec.rollout.analysis.prometheusURL.
-DEFAULT_PROMETHEUS_URL = os.environ.get("PADDLE_OPERATOR_PROMETHEUS_URL") or None
-# Rate windows shorter than a few scrape intervals have no data; real scrape intervals are 15-30 s.
-MIN_WINDOW_S = float(os.environ.get("PADDLE_OPERATOR_ANALYSIS_MIN_WINDOW_S", "60"))
-PROMETHEUS_TIMEOUT_S = float(os.environ.get("PADDLE_OPERATOR_PROMETHEUS_TIMEOUT_S", "5"))
-
-ROUTER_KINDS: list[tuple[str, str]] = [
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-    ("networking.istio.io/v1", "VirtualService"),
-    ("networking.istio.io/v1", "DestinationRule"),
-]
-
-ABSENT, RUNNING, SCALED_TO_ZERO = "absent", "running", "scaled-to-zero"
+NO_PROMETHEUS = "no Prometheus URL (spec.rollout.analysis.prometheusURL or PADDLE_OPERATOR_PROMETHEUS_URL)"
 
 
-@dataclass(frozen=True)
-class Shape:
-    """What the children look like for one moment of a rollout (what :func:`plan` builds)."""
-
-    stable_tag: str  # status.stableTag (a revision: ``tag`` or ``tag@model`` with model.update Canary)
-    stable_deploy_tag: str  # revision on the stable Deployment (the new one while promoting)
-    canary: str = ABSENT
-    canary_tag: str = ""
-    routed_weight: int = 0  # % of traffic to the canary now
-    sizing_weight: int = 0  # % of traffic the canary is sized for (the next step: ready before it moves)
-    stable_model: str = ""  # JSON of the stable track's spec.model with model.update Canary, else ""
-
-
-# With spec.model.update Canary a model change is a new revision too. A revision is the tag, plus
-# "@<model version or URI digest>" then; tags cannot contain "@" (CRD pattern), so it splits back.
-REV_SEP = "@"
-
-
-def model_canary(svc: PaddleModelService) -> bool:
-    return svc.spec.model.update == "Canary"
-
-
-def _model_json(svc: PaddleModelService) -> str:
-    return json.dumps(svc.spec.model.model_dump(by_alias=True, exclude_none=True), sort_keys=True)
-
-
-def _model_key(model: dict[str, Any]) -> str:
-    """The model's version plus a digest of its URI: a new URI under the same version is a change too."""
-    digest = hashlib.sha256(str(model.get("uri", "")).encode()).hexdigest()[:6]
-    return f"{model['version']}.{digest}" if model.get("version") else digest
-
-
-def revision(svc: PaddleModelService, tag: str, model_json: str = "") -> str:
-    """``tag``, or ``tag@<model>`` when model changes are canaried (``model_json`` "" = spec.model)."""
-    if not model_canary(svc):
-        return tag
-    return f"{tag}{REV_SEP}{_model_key(json.loads(model_json or _model_json(svc)))}"
-
-
-def desired_revision(svc: PaddleModelService) -> str:
-    return revision(svc, svc.spec.tag)
-
-
-def tag_of(rev: str) -> str:
-    return rev.split(REV_SEP, 1)[0]
-
-
-def with_model(svc: PaddleModelService, model_json: str) -> PaddleModelService:
-    """``svc`` with another ``spec.model`` (the stable one during a model canary)."""
-    if not model_json:
-        return svc
-    model = type(svc.spec.model).model_validate(json.loads(model_json))
-    return svc.model_copy(update={"spec": svc.spec.model_copy(update={"model": model})})
-
-
-@dataclass
-class _Memory:
-    shape: Shape
-    state: ro.RolloutState
-    applied: Shape | None = None
-    last_sla: float = 0.0
-    events_sent: set[str] = field(default_factory=set)
-
-
-# Per object (namespace, name, uid): the latest decision of this process. Newer than the status the
-# watch delivers (our own write may not have come back yet), so plan() prefers it.
-_memory: dict[tuple[str, str, str], _Memory] = {}
-_lock = threading.Lock()
-
-
-def _key(svc: PaddleModelService) -> tuple[str, str, str]:
-    return (svc.namespace, svc.name, svc.uid)
-
-
-def forget(namespace: str, name: str, uid: str) -> None:
-    with _lock:
-        _memory.pop((namespace, name, uid), None)
-
-
-def settled(namespace: str, name: str, uid: str) -> bool:
-    """This process has looked at the resource and its rollout is not in progress (nothing to time)."""
-    with _lock:
-        mem = _memory.get((namespace, name, uid))
-    return mem is not None and mem.state.phase not in ro.ACTIVE_PHASES
-
-
-def policy_for(svc: PaddleModelService) -> ro.RolloutPolicy:
-    """``spec.rollout`` with thresholds resolved: explicit analysis values, else ``spec.sla``."""
-    r, sla = svc.spec.rollout, svc.spec.sla
-    max_p99 = r.analysis.max_latency_p99_ms
-    if max_p99 is None and sla is not None:
-        max_p99 = sla.latency_p99_ms
-    max_err = r.analysis.max_error_rate
-    if max_err is None and sla is not None:
-        if sla.max_error_rate is not None:
-            max_err = sla.max_error_rate
-        elif sla.availability is not None and float(sla.availability) < 100:
-            max_err = promql.allowed_error_ratio(promql.parse_availability(sla.availability))
-    if max_err is None and max_p99 is None:
-        # Something must be checked, or "pass" would mean "we did not look": 1 % errors at most.
-        max_err = 0.01
-    return ro.RolloutPolicy(
-        strategy=r.strategy,
-        steps=tuple(r.steps),
-        interval_s=float(r.interval_seconds),
-        paused=r.paused,
-        failure_threshold=r.analysis.failure_threshold,
-        min_requests=r.analysis.min_requests,
-        max_latency_p99_ms=max_p99,
-        max_error_rate=max_err,
-    )
-
-
-def prometheus_url(svc: PaddleModelService) -> str | None:
-    return svc.spec.rollout.analysis.prometheus_url or DEFAULT_PROMETHEUS_URL
-
-
-def _status(svc: PaddleModelService) -> dict[str, Any]:
-    return dict(getattr(svc, "status", None) or {})
-
-
-def _sizing(state: ro.RolloutState, policy: ro.RolloutPolicy) -> int:
-    """The canary is sized for the weight it gets next, so it is ready before that weight moves."""
-    if state.phase == ro.PROMOTING:
-        return 100
-    return policy.steps[min(state.step, len(policy.steps) - 1)]
-
-
-def shape_of(decision: ro.Decision, policy: ro.RolloutPolicy, stable_model: str = "") -> Shape:
-    return Shape(
-        stable_tag=decision.stable_tag,
-        stable_deploy_tag=decision.stable_deploy_tag,
-        canary=decision.canary,
-        canary_tag=decision.canary_tag if decision.canary != ABSENT else "",
-        routed_weight=decision.routed_weight,
-        sizing_weight=_sizing(decision.state, policy) if decision.canary == RUNNING else 0,
-        stable_model=stable_model,
-    )
-
-
-def shape_from_status(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
-    """The shape recorded in ``status`` (after an operator restart; no observation needed)."""
-    status = _status(svc)
-    rollout_status = status.get("rollout") or {}
-    stable_model = ""
-    if model_canary(svc):
-        # Recorded by tick(); on first sight the model in the spec is the one serving.
-        recorded = rollout_status.get("stableModel")
-        stable_model = json.dumps(recorded, sort_keys=True) if recorded else _model_json(svc)
-    stable = revision(svc, status.get("stableTag") or svc.spec.tag, stable_model)
-    state = ro.RolloutState.from_status(rollout_status)
-    policy = policy_for(svc)
-    if state.phase in (ro.PROGRESSING, ro.PAUSED):
-        shape = Shape(stable, stable, RUNNING, state.tag, state.weight, _sizing(state, policy), stable_model)
-    elif state.phase == ro.PROMOTING:
-        canary = RUNNING if policy.strategy == ro.CANARY else ABSENT
-        weight = 100 if canary == RUNNING else 0
-        shape = Shape(
-            stable, state.tag, canary, state.tag if canary == RUNNING else "", weight, weight, stable_model
-        )
-    elif state.phase == ro.ROLLED_BACK and state.tag == desired_revision(svc):
-        shape = Shape(stable, stable, SCALED_TO_ZERO, state.tag, stable_model=stable_model)
-    else:
-        shape = Shape(stable, stable, stable_model=stable_model)
-    return shape, state
-
-
-def current(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
-    with _lock:
-        mem = _memory.get(_key(svc))
-        if mem is not None:
-            return mem.shape, mem.state
-    return shape_from_status(svc)
-
-
-def replica_floor(svc: PaddleModelService, total: int) -> int:
-    """Fewest stable pods the SLA allows: the PDB's view of "available", at least one."""
-    max_unavailable = pdb_max_unavailable(svc)
-    if max_unavailable is None:
-        return 1
-    if isinstance(max_unavailable, str) and max_unavailable.endswith("%"):
-        unavailable = math.floor(total * int(max_unavailable[:-1]) / 100)
-    else:
-        unavailable = int(max_unavailable)
-    return max(1, total - unavailable)
-
-
-def plan(svc: PaddleModelService) -> list[dict[str, Any]]:
-    """Every child for the rollout's current shape (drop-in for ``reconcile.plan``)."""
-    shape, _state = current(svc)
-    spec = svc.spec
-    router = spec.rollout.router.type
-    canary_on = shape.canary == RUNNING
-    canary_exists = shape.canary != ABSENT
-    children: list[dict[str, Any]] = [build_configmap(svc)]
-
-    stable_replicas: int | None = None
-    canary_replicas: int | None = None
-    if not spec.autoscaled:
-        total = spec.replicas
-        if canary_on and router == ROUTER_SERVICE:
-            # No mesh: the share of pods is the share of traffic, so pods follow the routed weight
-            # (the first canary pod gets traffic only once ready, kube-proxy skips unready pods).
-            weight = shape.routed_weight or shape.sizing_weight
-            split = replica_split(total, weight, replica_floor(svc, total))
-            stable_replicas, canary_replicas = split.stable, split.canary
-        else:
-            stable_replicas = total
-            if canary_on:
-                canary_replicas = max(1, math.ceil(total * shape.sizing_weight / 100))
-    if shape.canary == SCALED_TO_ZERO:
-        canary_replicas = 0
-
-    # The stable track keeps its own model during a model canary, until promotion rolls it forward.
-    stable_svc = (
-        svc if shape.stable_deploy_tag == desired_revision(svc) else with_model(svc, shape.stable_model)
-    )
-    children.append(
-        build_deployment(
-            stable_svc, track=STABLE, tag=tag_of(shape.stable_deploy_tag), replicas=stable_replicas
-        )
-    )
-    if canary_exists:
-        children.append(
-            build_deployment(
-                svc,
-                track=CANARY,
-                name=track_name(svc.name, CANARY),
-                tag=tag_of(shape.canary_tag),
-                replicas=canary_replicas if canary_replicas is not None else (0 if not canary_on else None),
-            )
-        )
-
-    main_service = build_service(svc)
-    children.append(main_service)
-    if router == ROUTER_GATEWAY:
-        children.append(build_track_service(main_service, STABLE))
-        if canary_on:
-            children.append(build_track_service(main_service, CANARY))
-        gw = spec.rollout.router.gateway_api or {}
-        route = build_httproute(
-            svc.name,
-            svc.namespace,
-            main_service["metadata"]["labels"],
-            spec.service.port,
-            shape.routed_weight,
-            include_canary=canary_on,
-            parent_refs=gw.get("parentRefs"),
-            hostnames=gw.get("hostnames"),
-        )
-        route["metadata"]["ownerReferences"] = main_service["metadata"]["ownerReferences"]
-        children.append(route)
-    elif router == ROUTER_ISTIO:
-        istio = spec.rollout.router.istio or {}
-        labels = main_service["metadata"]["labels"]
-        dr = build_destination_rule(svc.name, svc.namespace, labels)
-        vs = build_virtual_service(
-            svc.name,
-            svc.namespace,
-            labels,
-            spec.service.port,
-            shape.routed_weight if canary_on else 0,
-            hosts=istio.get("hosts"),
-            gateways=istio.get("gateways"),
-        )
-        for obj in (dr, vs):
-            obj["metadata"]["ownerReferences"] = main_service["metadata"]["ownerReferences"]
-            children.append(obj)
-
-    if spec.autoscaled:
-        a = spec.autoscaling
-        assert a is not None
-        floor = replica_floor(svc, a.min_replicas)
-        stable_b = hpa_bounds(a.min_replicas, a.max_replicas, shape.routed_weight if canary_on else 0, floor)
-        children.append(
-            build_hpa(
-                svc, min_replicas=stable_b[STABLE].min_replicas, max_replicas=stable_b[STABLE].max_replicas
-            )
-        )
-        if canary_on:
-            canary_b = hpa_bounds(a.min_replicas, a.max_replicas, max(1, shape.sizing_weight), floor)[CANARY]
-            children.append(
-                build_hpa(
-                    svc,
-                    track=CANARY,
-                    name=track_name(svc.name, CANARY),
-                    target=track_name(svc.name, CANARY),
-                    min_replicas=canary_b.min_replicas,
-                    max_replicas=canary_b.max_replicas,
-                )
-            )
-    if pdb_max_unavailable(svc) is not None:
-        children.append(build_pdb(svc))
-    return children
+def prometheus_url(svc: PaddleModelService, settings: OperatorSettings) -> str | None:
+    """The resource's Prometheus, else the operator-wide one."""
+    return svc.spec.rollout.analysis.prometheus_url or settings.prometheus_url
 
 
 # ------------------------------------------------------------------------------ observation
@@ -406,6 +86,7 @@ def _settled(dep: dict[str, Any] | None, tag: str, model_uri: str | None = None)
 
 
 def parse_duration(text: str) -> float:
+    """``5m`` -> 300.0 (the CRD's duration pattern: s, m, h, d)."""
     m = re.fullmatch(r"(\d+)(s|m|h|d)", text.strip())
     if not m:
         raise ValueError(f"bad duration {text!r}")
@@ -421,19 +102,20 @@ class TickResult:
     applied: bool = False
 
 
-def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResult:
-    """One look at a resource: advance its rollout, apply the children when their shape changed."""
+def tick(
+    kube: Kube, body: dict[str, Any], settings: OperatorSettings, now: float | None = None
+) -> TickResult:
+    """One look at a resource: advance its rollout, reconcile when the children's shape changed."""
     now = time.time() if now is None else now
     svc = PaddleModelService.from_body(body)
     status = dict(body.get("status") or {})
-    key = _key(svc)
-    with _lock:
-        mem = _memory.get(key)
+    key = memory.key(svc)
+    mem = memory.get(key)
     if mem is None:
         shape, state = shape_from_status(svc)
-        # The create/resume reconcile applies plan() from the same status, so this shape is (or is
+        # The create/resume reconcile applies the plan from the same status, so this shape is (or is
         # about to be) in place: re-applying it here would double the start-up load at scale.
-        mem = _Memory(shape, state, applied=shape)
+        mem = Memory(shape, state, applied=shape)
     policy = policy_for(svc)
     state = mem.state
     desired = desired_revision(svc)
@@ -441,7 +123,7 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
         # spec.model.update switched to or from Canary while idle: the model serving now is the stable
         # one, so the switch itself is not a change to roll out.
         stable_tag = tag_of(mem.shape.stable_tag)
-        model = _model_json(svc) if model_canary(svc) else ""
+        model = spec_model_json(svc) if model_canary(svc) else ""
         rev = revision(svc, stable_tag, model)
         mem.shape = replace(mem.shape, stable_tag=rev, stable_deploy_tag=rev, stable_model=model)
 
@@ -459,14 +141,12 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
 
     analysis: ro.Analysis | None = None
     if canary_ready and ro.analysis_due(state, policy, now):
-        url = prometheus_url(svc)
+        url = prometheus_url(svc, settings)
         if url is None:
-            analysis = ro.Unreachable(
-                "no Prometheus URL (spec.rollout.analysis.prometheusURL or PADDLE_OPERATOR_PROMETHEUS_URL)"
-            )
+            analysis = ro.Unreachable(NO_PROMETHEUS)
         else:
-            window = max(policy.interval_s, MIN_WINDOW_S)
-            with PrometheusQuerier(url, PROMETHEUS_TIMEOUT_S) as prom:
+            window = max(policy.interval_s, settings.analysis_min_window_s)
+            with PrometheusQuerier(url, settings.prometheus_timeout_s) as prom:
                 analysis = prom.canary_figures(promql.Target(svc.namespace, svc.name, CANARY), window)
 
     decision = ro.step(
@@ -484,13 +164,12 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
     # After a promotion the stable track runs spec.model; before it, the model recorded as stable.
     stable_model = ""
     if model_canary(svc):
-        stable_model = _model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
-        stable_model = stable_model or _model_json(svc)
+        stable_model = spec_model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
+        stable_model = stable_model or spec_model_json(svc)
     shape = shape_of(decision, policy, stable_model)
     # Before the first step the canary is sized for step 1; a restart must not change that.
-    with _lock:
-        mem.shape, mem.state = shape, decision.state
-        _memory[key] = mem
+    mem.shape, mem.state = shape, decision.state
+    memory.put(key, mem)
 
     result = TickResult(events=list(decision.events))
     if mem.applied != shape:
@@ -499,18 +178,21 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
         mem.applied = shape
         result.applied = True
 
-    patch: dict[str, Any] = {}
-    if status.get("stableTag") != tag_of(decision.stable_tag):
-        patch["stableTag"] = tag_of(decision.stable_tag)
-    old_rollout = dict(status.get("rollout") or {})
+    # Everything this writer owns, applied whole when any of it changed (ROLLOUT_MANAGER).
+    owned: dict[str, Any] = {"stableTag": tag_of(decision.stable_tag)}
     new_rollout: dict[str, Any] = decision.state.to_status(len(policy.steps)) if decision.state.phase else {}
     if model_canary(svc):
-        # The stable model, so a restart (or plan() from status) builds the stable track with it.
-        new_rollout["stableModel"] = json.loads(shape.stable_model or _model_json(svc))
-    if new_rollout and any(old_rollout.get(k) != v for k, v in new_rollout.items()):
-        patch["rollout"] = new_rollout
+        # The stable model, so a restart (or the plan from status) builds the stable track with it.
+        new_rollout["stableModel"] = json.loads(shape.stable_model or spec_model_json(svc))
+    if new_rollout:
+        owned["rollout"] = new_rollout
+    old_rollout = dict(status.get("rollout") or {})
+    changed = status.get("stableTag") != owned["stableTag"] or any(
+        old_rollout.get(k) != v for k, v in new_rollout.items()
+    )
+    patch = owned if changed else {}
     if patch:
-        kube.patch_status(svc.namespace, svc.name, patch)
+        kube.apply_status(svc.namespace, svc.name, patch, ROLLOUT_MANAGER)
     result.status = patch
     return result
 
@@ -518,42 +200,64 @@ def tick(kube: Kube, body: dict[str, Any], now: float | None = None) -> TickResu
 # ------------------------------------------------------------------------------ SLA status
 
 
+def has_sla_status(body: dict[str, Any]) -> bool:
+    """The status carries fields the SLA evaluator writes (``sla`` or the ``SLAMet`` condition)."""
+    status = body.get("status") or {}
+    return "sla" in status or any(c.get("type") == "SLAMet" for c in status.get("conditions") or [])
+
+
+def clear_sla(kube: Kube, body: dict[str, Any]) -> bool:
+    """``spec.sla`` lost its targets: release every field SLA_MANAGER owns (``sla``, ``SLAMet``).
+
+    Applying an empty status under the manager removes the fields it alone owns. True when applied.
+    """
+    if not has_sla_status(body):
+        return False
+    meta = body["metadata"]
+    kube.apply_status(meta.get("namespace") or "default", meta["name"], {}, SLA_MANAGER)
+    return True
+
+
 def evaluate_sla(
-    kube: Kube, body: dict[str, Any], now: float | None = None, force: bool = False
+    kube: Kube,
+    body: dict[str, Any],
+    settings: OperatorSettings,
+    now: float | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Refresh ``status.sla`` and the ``SLAMet`` condition every ``SLA_PERIOD_S``; returns the patch."""
+    """Refresh ``status.sla`` and the ``SLAMet`` condition every ``sla_period_s``; returns what it
+    applied (``{}`` when nothing changed)."""
     now = time.time() if now is None else now
     svc = PaddleModelService.from_body(body)
     sla = svc.spec.sla
     if sla is None or (sla.latency_p99_ms is None and sla.availability is None):
         return {}
-    key = _key(svc)
-    with _lock:
-        mem = _memory.get(key)
-    if mem is not None and not force and now - mem.last_sla < SLA_PERIOD_S:
+    key = memory.key(svc)
+    mem = memory.get(key)
+    if mem is not None and not force and now - mem.last_sla < settings.sla_period_s:
         return {}
-    url = prometheus_url(svc)
+    url = prometheus_url(svc, settings)
     availability = (
         promql.parse_availability(sla.availability)
         if sla.availability and float(sla.availability) < 100
         else None
     )
     if url is None:
-        figures: ro.SLAFigures | ro.Unreachable = ro.Unreachable(
-            "no Prometheus URL (spec.rollout.analysis.prometheusURL or PADDLE_OPERATOR_PROMETHEUS_URL)"
-        )
+        figures: ro.SLAFigures | ro.Unreachable = ro.Unreachable(NO_PROMETHEUS)
     else:
         window = parse_duration(sla.window)
-        with PrometheusQuerier(url, PROMETHEUS_TIMEOUT_S) as prom:
+        with PrometheusQuerier(url, settings.prometheus_timeout_s) as prom:
             figures = prom.sla_figures(
-                promql.Target(svc.namespace, svc.name), window, availability or 0.999, MIN_WINDOW_S
+                promql.Target(svc.namespace, svc.name),
+                window,
+                availability or 0.999,
+                settings.analysis_min_window_s,
             )
     verdict = ro.evaluate_sla(figures, sla.latency_p99_ms, availability)
-    sla_status: dict[str, Any] = {
-        "targetP99Ms": sla.latency_p99_ms,
-        "summary": verdict.summary,
-        "evaluatedAt": now_iso(),
-    }
+    # Unmeasured figures are left out: a field this writer stops applying is removed.
+    sla_status: dict[str, Any] = {"summary": verdict.summary, "evaluatedAt": now_iso()}
+    if sla.latency_p99_ms is not None:
+        sla_status["targetP99Ms"] = sla.latency_p99_ms
     if isinstance(figures, ro.SLAFigures):
         for name, value in (
             ("p99Ms", figures.p99_ms),
@@ -562,7 +266,8 @@ def evaluate_sla(
             ("qps", figures.qps),
             ("errorBudgetRemaining", figures.error_budget_remaining if availability is not None else None),
         ):
-            sla_status[name] = None if value is None else round(value, 6)
+            if value is not None:
+                sla_status[name] = round(value, 6)
     condition = {
         "type": "SLAMet",
         "status": verdict.status,
@@ -571,7 +276,7 @@ def evaluate_sla(
         "observedGeneration": svc.generation,
     }
     old_status = dict(body.get("status") or {})
-    old_cond = next((c for c in old_status.get("conditions") or [] if c.get("type") == "SLAMet"), {})
+    old_cond: dict[str, Any] = next((c for c in old_status.get("conditions") or [] if c.get("type") == "SLAMet"), {})
     old_sla = {k: v for k, v in (old_status.get("sla") or {}).items() if k != "evaluatedAt"}
     new_sla = {k: v for k, v in sla_status.items() if k != "evaluatedAt"}
     if old_sla == new_sla and all(old_cond.get(k) == v for k, v in condition.items()):
@@ -579,17 +284,11 @@ def evaluate_sla(
         if mem is not None:
             mem.last_sla = now
         return {}
-    # Conditions are one list in a merge patch: re-read them so a condition written by the
-    # reconcile a moment ago is not overwritten with an older copy.
-    fresh = kube.get(API_VERSION, KIND, svc.namespace, svc.name)
-    fresh_status = (fresh or {}).get("status") or dict(body.get("status") or {})
-    patch = {
-        "sla": sla_status,
-        "conditions": merge_conditions(fresh_status.get("conditions"), [condition], now_iso()),
-    }
-    kube.patch_status(svc.namespace, svc.name, patch)
+    # Applied under SLA_MANAGER: SLAMet is this writer's only condition (conditions are a map keyed
+    # by type), so the reconcile's conditions are neither read nor written here.
+    patch = {"sla": sla_status, "conditions": merge_conditions(old_status.get("conditions"), [condition], now_iso())}
+    kube.apply_status(svc.namespace, svc.name, patch, SLA_MANAGER)
     if mem is None:
-        with _lock:
-            mem = _memory.setdefault(key, _Memory(*shape_from_status(svc)))
+        mem = memory.setdefault(key, Memory(*shape_from_status(svc)))
     mem.last_sla = now
     return patch

@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
-import os
 import sys
+
+from .settings import OperatorSettings
 
 M_ARENA_MAX = -8  # glibc mallopt() parameter number
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
+def limit_malloc_arenas(settings: OperatorSettings, arenas: int = 2) -> None:
     """Cap glibc's per-thread malloc arenas before the handler threads start.
 
     glibc gives each new thread its own arena (up to 8 per core); with dozens of handler threads the
     freed memory of a burst stays scattered over them and RSS never comes back down. Two arenas cost
     nothing measurable here (handlers wait on the API server, not on malloc).
     """
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    if settings.malloc_arena_max is not None:
         return  # set by the user or the image: glibc already read it
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
@@ -27,6 +28,7 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, read the settings once and run kopf with the handlers registered."""
     parser = argparse.ArgumentParser(prog="paddle-operator", description="PaddleModelService operator")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator")
@@ -48,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     # Kopf logs every handler success at INFO; at scale that is noise, our own modules keep INFO.
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
-    limit_malloc_arenas()
+    settings = OperatorSettings()
+    limit_malloc_arenas(settings)
     import kopf
 
-    from . import handlers, settings  # noqa: F401  (registers the handlers and the startup hook)
+    from . import handlers  # importing registers the handlers and the startup hooks
+
+    handlers.use_settings(settings)
 
     kopf.run(
         standalone=True,

@@ -1,14 +1,17 @@
-"""Thin kopf handlers: adapt kopf's events to reconcile.py and turn outcomes into retries and events.
+"""Thin kopf handlers: adapt kopf's events to reconcile.py and canary.py; the operator's wiring.
 
-- ``pms_reconcile`` (resume + create + update): the full reconcile. Blocking problems (a missing
-  Secret or PVC) set Ready=False, post a warning event and retry with exponential backoff.
+- ``configure`` (startup): kopf's settings from :class:`OperatorSettings` and the kinds registry.
+- ``pms_reconcile`` (resume + create + update): the full reconcile. A blocking problem (a missing
+  Secret or PVC) is recorded in status (``ReconcileError=True``, ``Ready=False``) with a Warning
+  event, and the handler ends: the rollout loop reconciles blocked resources again every
+  ``blocked_recheck_s`` (docs/operator.md says why this is not kopf's delayed retry).
 - ``pms_index``: an in-memory index of PaddleModelServices, so child events find their owner without
   an API call.
-- ``child_event`` on every managed child kind: restores drifted or deleted children and refreshes the
-  status when the Deployment or HPA changes (Ready follows the Deployment's Available condition).
-- ``_RolloutLoop``: one asyncio task (started in ``@kopf.on.startup``) that walks the index every
-  ``TICK_S`` and advances the rollouts in progress and refreshes ``status.sla``; idle resources cost
-  nothing per tick (no timer per resource).
+- ``child_event`` on every watched child kind (kinds.WATCHED): restores drifted or deleted children
+  and refreshes the status when the Deployment or HPA changes.
+- ``RolloutLoop``: one asyncio task (started in ``@kopf.on.startup``) that walks the index every
+  ``rollout_tick_s`` and advances rollouts, refreshes ``status.sla`` and rechecks blocked resources;
+  idle resources cost nothing per tick (no timer per resource).
 - Deletion needs no handler and no finalizer: children carry a controller owner reference and the
   garbage collector removes them.
 """
@@ -19,45 +22,90 @@ import asyncio
 import datetime
 import json
 import logging
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import quote
 
 import kopf
 
-from . import canary
+from . import canary, memory
 from . import reconcile as rc
+from .kinds import WATCHED
 from .kube import Kube, KubeError
+from .settings import OperatorSettings
 from .spec import FIELD_MANAGER, GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
-# Canary rollouts (canary.py): the plan builds both tracks and the router from status.rollout, and the
-# router kinds are pruned like any other child (listing a kind whose CRD is absent finds nothing).
-rc.plan = canary.plan
-rc.MANAGED_KINDS.extend(k for k in canary.ROUTER_KINDS if k not in rc.MANAGED_KINDS)
-
-# Exponential retry for a spec that cannot work yet: 10 s, 20 s, 40 s ... capped at 5 minutes, so a
-# Secret created later is picked up soon without hot-looping the API server meanwhile.
+# Exponential retry when the API server fails a reconcile: 10 s, 20 s, 40 s ... capped at 5 minutes.
 BACKOFF_BASE_S = 10
 BACKOFF_MAX_S = 300
 
+# Watches: ask the API server to close each watch after 5 minutes (server_timeout) and give up on the
+# client side a little later (client_timeout). A silently dropped connection (NAT, load balancer idle
+# timeout) is then noticed within minutes instead of hanging forever, and the server, not the client,
+# normally ends the stream, so no events are lost between the two.
+WATCH_SERVER_TIMEOUT_S = 300
+WATCH_CLIENT_TIMEOUT_S = WATCH_SERVER_TIMEOUT_S + 30
+WATCH_CONNECT_TIMEOUT_S = 10
+
+_settings: OperatorSettings | None = None
 _kube: Kube | None = None
+
+
+def use_settings(settings: OperatorSettings) -> None:
+    """Use these settings in this process (the CLI passes the ones it read); before the first call."""
+    global _settings
+    _settings = settings
+
+
+def operator_settings() -> OperatorSettings:
+    """This process's settings: those passed to :func:`use_settings`, else read from the environment."""
+    global _settings
+    if _settings is None:
+        _settings = OperatorSettings()
+    return _settings
 
 
 def kube() -> Kube:
     """One API client per process, created lazily (after kopf's login and our settings)."""
     global _kube
     if _kube is None:
-        _kube = Kube()
+        s = operator_settings()
+        _kube = Kube(kubeconfig=s.kubeconfig, apply_workers=s.apply_workers)
     return _kube
 
 
 def backoff(retry: int) -> float:
+    """Delay before kopf retries a reconcile the API server failed."""
     return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, retry)))
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf's settings: our domain for what it writes, watch timeouts, filters, worker threads."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
+    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_S
+    # Child watches only stream objects we manage: server-side filtering keeps every other ConfigMap,
+    # Service and Deployment in the cluster out of this process.
+    for k in WATCHED:
+        settings.watching.label_selectors[k.plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    settings.execution.max_workers = operator_settings().workers
+    # Events are for people: the explicit kopf.info()/kopf.warn() calls, not every log line.
+    settings.posting.level = logging.INFO
+    settings.posting.loggers = False
+    settings.posting.reporting_component = FIELD_MANAGER
+    # One replica, no peering: peering is not leader election, and a second replica would not help.
+    settings.peering.standalone = True
+    settings.peering.mandatory = False
 
 
 # The metadata the reconcile and event posting need. The index keeps only these, not annotations
@@ -85,55 +133,27 @@ def _ready(status: dict[str, Any] | None) -> str | None:
     return None
 
 
-class _Recheck:
-    """Safety net for blocked resources: every RECHECK_S, reconcile each one that last had a problem.
-
-    kopf's delayed retry of the TemporaryError above is the main path; in long e2e sessions it was
-    seen not to fire, leaving a resource Ready=False after its Secret appeared. One daemon thread,
-    one GET plus the precondition checks per blocked resource per period: no hot loop.
-    """
-
-    RECHECK_S = 20.0
-
-    def __init__(self) -> None:
-        self._pending: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def add(self, namespace: str, name: str) -> None:
-        with self._lock:
-            self._pending.add((namespace, name))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="recheck", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.RECHECK_S)
-            with self._lock:
-                pending = list(self._pending)
-            for namespace, name in pending:
-                try:
-                    body = kube().get(f"{GROUP}/{VERSION}", "PaddleModelService", namespace, name)
-                    if body is None or rc.reconcile(kube(), body).problems == []:
-                        with self._lock:
-                            self._pending.discard((namespace, name))
-                except Exception as e:  # keep the net alive; the next period tries again
-                    log.warning("recheck %s/%s: %s", namespace, name, e)
-
-
-_recheck = _Recheck()
+def _blocked(status: dict[str, Any] | None) -> bool:
+    """The last reconcile found a blocking problem (ReconcileError=True)."""
+    return any(
+        c.get("type") == "ReconcileError" and c.get("status") == "True"
+        for c in (status or {}).get("conditions") or []
+    )
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def pms_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(namespace, name): _plain(body)}
+def pms_index(
+    *, body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Index entry: (namespace, name) -> the plain body."""
+    return {(namespace or "default", name): _plain(body)}
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=None)
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=None)
 @kopf.on.update(GROUP, VERSION, PLURAL, retries=None)
-def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
+def pms_reconcile(*, body: kopf.Body, retry: int, logger: kopf.Logger, **_: Any) -> None:
+    """The full reconcile; API failures are retried by kopf, blocking problems by the rollout loop."""
     plain = _plain(body)
     before = _ready(plain["status"])
     try:
@@ -143,11 +163,12 @@ def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any)
         kopf.warn(body, reason="ReconcileFailed", message=f"{e} (retry in {delay:.0f}s)")
         raise kopf.TemporaryError(str(e), delay=delay) from e
     if result.problems:
-        _recheck.add(plain["metadata"]["namespace"], plain["metadata"]["name"])
-        delay = backoff(retry)
+        # Recorded in status; the rollout loop reconciles it again every blocked_recheck_s. Not a
+        # TemporaryError: that retry lives in kopf's per-object worker (docs/operator.md).
         message = "; ".join(p.message for p in result.problems)
-        kopf.warn(body, reason=result.problems[0].reason, message=f"{message} (retry in {delay:.0f}s)")
-        raise kopf.TemporaryError(message, delay=delay)
+        every = operator_settings().blocked_recheck_s
+        kopf.warn(body, reason=result.problems[0].reason, message=f"{message} (rechecked every {every:.0f}s)")
+        return
     after = _ready(result.status)
     if after != before and after == "True":
         kopf.info(body, reason="Ready", message=f"serving at {result.svc.url}")
@@ -157,10 +178,10 @@ def pms_reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def pms_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
+def pms_delete(*, namespace: str | None, name: str, uid: str, **_: Any) -> None:
     """Forget per-object memory; ``optional`` means no finalizer is added for this handler."""
-    rc.forget(namespace, name, uid)
-    canary.forget(namespace, name, uid)
+    rc.forget(namespace or "default", name, uid)
+    memory.forget(namespace or "default", name, uid)
 
 
 def post_event(involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -200,28 +221,52 @@ def post_event(involved: dict[str, Any], type_: str, reason: str, message: str) 
         log.warning("event %s on %s/%s not posted: %s", reason, namespace, meta.get("name"), e)
 
 
-class _RolloutLoop:
-    """One loop for the rollouts and SLA status of every resource, instead of a kopf timer per resource.
+@dataclass(frozen=True)
+class Work:
+    """What the rollout loop does for one resource this period."""
+
+    key: tuple[str, str]
+    body: dict[str, Any]
+    tick: bool = False  # advance its rollout
+    sla: bool = False  # refresh status.sla (or clear it once the spec has no SLA targets)
+    recheck: bool = False  # reconcile again: it is blocked (ReconcileError=True)
+
+
+@dataclass(frozen=True)
+class Done:
+    """What one piece of work found: idle (nothing to time), SLA evaluated, recheck done."""
+
+    idle: bool = False
+    evaluated: bool = False
+    rechecked: bool = False
+
+
+class RolloutLoop:
+    """One loop for the rollouts, SLA status and blocked resources of every resource.
 
     A kopf timer is an asyncio task and per-object state for each resource, ticking whether or not
-    anything is happening: at 1000 resources that was most of the operator's memory. Instead, every
-    ``TICK_S`` one task walks ``pms_index`` (already in memory for child events) and works only on:
+    anything is happening: at 1000 resources that was most of the operator's memory (and kopf adds a
+    finalizer for every timer). Instead, every ``rollout_tick_s`` one task walks ``pms_index``
+    (already in memory for child events) and works only on:
 
     - resources whose rollout is in progress, or whose rollout inputs (uid, generation,
       ``status.stableTag``, ``status.rollout``) changed since they were last found idle: an idle
       resource costs one dict lookup per tick;
-    - resources with SLA targets, every ``SLA_PERIOD_S`` (the ``status.sla`` refresh).
+    - resources with SLA targets, every ``sla_period_s`` (the ``status.sla`` refresh);
+    - blocked resources (``ReconcileError=True``), every ``blocked_recheck_s``: the reconcile again.
 
     The work (blocking API and Prometheus calls) runs in a small thread pool; a resource still being
     worked on is skipped, so one slow Prometheus does not hold the others up.
     """
 
-    WORKERS = int(os.environ.get("PADDLE_OPERATOR_ROLLOUT_WORKERS", "8"))
     INITIAL_DELAY_S = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
         self._idle: dict[tuple[str, str], tuple[Any, ...]] = {}  # fingerprint when last found idle
         self._next_sla: dict[tuple[str, str], float] = {}
+        self._next_recheck: dict[tuple[str, str], float] = {}
+        self._sla_cleared: set[tuple[str, str]] = set()  # once per process: older writers' fields stay
         self._busy: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -235,11 +280,12 @@ class _RolloutLoop:
 
     @staticmethod
     def has_sla(body: dict[str, Any]) -> bool:
+        """The spec names an SLA target the evaluator can measure."""
         sla = (body.get("spec") or {}).get("sla") or {}
         return sla.get("latencyP99Ms") is not None or sla.get("availability") is not None
 
-    def due(self, index: Any, now: float) -> list[tuple[tuple[str, str], dict[str, Any], bool, bool]]:
-        """(key, body, tick?, sla?) for each resource with work this period."""
+    def due(self, index: Any, now: float) -> list[Work]:
+        """The work of this period, one entry per resource that has any."""
         work = []
         seen = set()
         for key, store in list(index.items()):
@@ -251,104 +297,145 @@ class _RolloutLoop:
             if body["metadata"].get("deletionTimestamp"):
                 continue
             tick = self._idle.get(key) != self.fingerprint(body)
-            sla = self.has_sla(body) and now >= self._next_sla.get(key, 0.0)
-            if tick or sla:
-                work.append((key, body, tick, sla))
-        for gone in (set(self._idle) | set(self._next_sla)) - seen:  # deleted resources
+            if self.has_sla(body):
+                self._sla_cleared.discard(key)
+                sla = now >= self._next_sla.get(key, 0.0)
+            else:
+                sla = key not in self._sla_cleared and canary.has_sla_status(body)
+            recheck = False
+            if _blocked(body.get("status")):
+                # First seen blocked: the reconcile that found it just ran; recheck one period later.
+                first = self._next_recheck.setdefault(key, now + self.settings.blocked_recheck_s)
+                recheck = now >= first
+            else:
+                self._next_recheck.pop(key, None)
+            if tick or sla or recheck:
+                work.append(Work(key, body, tick, sla, recheck))
+        for gone in (set(self._idle) | set(self._next_sla) | set(self._next_recheck)) - seen:
+            self._sla_cleared.discard(gone)
             self._idle.pop(gone, None)
             self._next_sla.pop(gone, None)
+            self._next_recheck.pop(gone, None)
         return work
 
-    @staticmethod
-    def run_one(body: dict[str, Any], tick: bool, sla: bool, now: float) -> tuple[bool, bool]:
-        """In a worker thread: (found idle, SLA evaluated)."""
-        meta = body["metadata"]
-        idle = evaluated = False
+    def run_one(self, w: Work, now: float) -> Done:
+        """In a worker thread: do one resource's work."""
+        meta = w.body["metadata"]
+        idle = evaluated = rechecked = False
         try:
-            if tick:
-                result = canary.tick(kube(), body)
-                for ev in result.events:
+            if w.recheck:
+                rechecked = True
+                result = rc.reconcile(kube(), w.body)
+                if not result.problems:
+                    post_event(w.body, "Normal", "Reconciled", "blocking problem resolved; children applied")
+            if w.tick:
+                tick = canary.tick(kube(), w.body, self.settings)
+                for ev in tick.events:
                     # Events carry the measured figures; status.rollout is the durable record.
-                    post_event(body, ev.type, ev.reason, ev.message)
-                idle = (
-                    not (result.status or result.applied or result.events)
-                    and canary.settled(meta["namespace"], meta["name"], meta.get("uid", ""))
+                    post_event(w.body, ev.type, ev.reason, ev.message)
+                idle = not (tick.status or tick.applied or tick.events) and memory.settled(
+                    meta["namespace"], meta["name"], meta.get("uid", "")
                 )
-            if sla:
-                canary.evaluate_sla(kube(), body, now=now)
+            if w.sla and self.has_sla(w.body):
+                canary.evaluate_sla(kube(), w.body, self.settings, now=now)
                 evaluated = True
+            elif w.sla:
+                canary.clear_sla(kube(), w.body)
+                self._sla_cleared.add(w.key)
         except KubeError as e:  # the next period tries again
             log.warning("rollout %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
         except Exception:  # keep the loop alive whatever one resource does
             log.exception("rollout %s/%s", meta.get("namespace"), meta.get("name"))
-        return idle, evaluated
+        return Done(idle, evaluated, rechecked)
 
-    async def _work(
-        self, key: tuple[str, str], body: dict[str, Any], tick: bool, sla: bool, now: float
-    ) -> None:
-        self._busy.add(key)
+    async def work(self, w: Work, now: float) -> None:
+        """Run one resource's work in the pool and record what it found."""
+        self._busy.add(w.key)
         try:
             loop = asyncio.get_running_loop()
-            idle, evaluated = await loop.run_in_executor(self._pool, self.run_one, body, tick, sla, now)
-            if tick:
-                if idle:
-                    self._idle[key] = self.fingerprint(body)
+            done = await loop.run_in_executor(self._pool, self.run_one, w, now)
+            if w.tick:
+                if done.idle:
+                    self._idle[w.key] = self.fingerprint(w.body)
                 else:
-                    self._idle.pop(key, None)
-            if evaluated:
-                self._next_sla[key] = now + canary.SLA_PERIOD_S
+                    self._idle.pop(w.key, None)
+            if done.evaluated:
+                self._next_sla[w.key] = now + self.settings.sla_period_s
+            if w.recheck:
+                self._next_recheck[w.key] = now + self.settings.blocked_recheck_s
         finally:
-            self._busy.discard(key)
+            self._busy.discard(w.key)
+
+    def start_pool(self) -> None:
+        """Create the worker threads (run() does; tests call it directly)."""
+        self._pool = ThreadPoolExecutor(self.settings.rollout_workers, thread_name_prefix="rollout")
+
+    def stop_pool(self) -> None:
+        """Stop the worker threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     async def run(self, index: Any) -> None:
-        self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="rollout")
+        """Walk the index every ``rollout_tick_s`` until cancelled."""
+        self.start_pool()
         await asyncio.sleep(self.INITIAL_DELAY_S)
         while True:
             started = time.monotonic()
             try:
-                for key, body, tick, sla in self.due(index, time.time()):
-                    task = asyncio.create_task(self._work(key, body, tick, sla, time.time()))
+                for w in self.due(index, time.time()):
+                    task = asyncio.create_task(self.work(w, time.time()))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
             except Exception:  # noqa: BLE001 - a bad pass must not end rollouts for good
                 log.exception("rollout loop")
-            await asyncio.sleep(max(0.1, canary.TICK_S - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.1, self.settings.rollout_tick_s - (time.monotonic() - started)))
 
 
-_rollout_loop = _RolloutLoop()
 _rollout_task: asyncio.Task[None] | None = None
 
 
 @kopf.on.startup()
-async def start_rollout_loop(pms_index: kopf.Index, **_: Any) -> None:
+async def start_rollout_loop(**kwargs: Any) -> None:
     """Start the shared rollout loop; the index it walks fills as kopf lists the resources."""
     global _rollout_task
-    _rollout_task = asyncio.create_task(_rollout_loop.run(pms_index), name="rollout loop")
+    loop = RolloutLoop(operator_settings())
+    _rollout_task = asyncio.create_task(loop.run(kwargs["pms_index"]), name="rollout loop")
 
 
 @kopf.on.cleanup()
 async def stop_rollout_loop(**_: Any) -> None:
+    """Stop the shared rollout loop."""
     if _rollout_task is not None:
         _rollout_task.cancel()
 
 
+@kopf.on.probe(id="indexed")
+def indexed_count(**kwargs: Any) -> int:
+    """Exposed on the liveness endpoint: how many PaddleModelServices this process knows."""
+    return len(kwargs["pms_index"])
+
+
 def child_event(
-    event: dict[str, Any],
+    *,
+    event: kopf.RawEvent,
     body: kopf.Body,
-    namespace: str,
+    namespace: str | None,
     labels: kopf.Labels,
-    pms_index: kopf.Index,
-    logger: logging.Logger,
-    **_: Any,
+    logger: kopf.Logger,
+    **kwargs: Any,
 ) -> None:
+    """A managed child changed: restore drift, refresh status from the Deployment/HPA."""
+    pms_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pms_index"]
     owner = labels.get(LABEL_SERVICE)
-    if not owner:
+    if not owner or namespace is None:
         return
     found = list(pms_index.get((namespace, owner), []))
     if not found:
         return  # owner gone (garbage collection in progress) or not yet indexed: its reconcile will apply
     pms_body = found[-1]
-    child = {
+    # kopf.info() reads only apiVersion, kind and metadata: the plain indexed body serves as one.
+    event_body = cast(kopf.Body, pms_body)
+    child: dict[str, Any] = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": dict(body.get("metadata") or {}),
@@ -366,26 +453,20 @@ def child_event(
         logger.warning("child %s %s/%s: %s", child["kind"], namespace, child["metadata"].get("name"), e)
         return
     if restored:
-        kopf.info(pms_body, reason="DriftRestored",
+        kopf.info(event_body, reason="DriftRestored",
                   message=f"{child['kind']} {child['metadata'].get('name')} put back to the spec")
-    after = _ready(rc._last_written.get((namespace, owner, pms_body["metadata"].get("uid")), {}))
+    after = _ready(rc.last_status(namespace, owner, pms_body["metadata"].get("uid", "")))
     if after == "True" and before != "True":
-        kopf.info(pms_body, reason="Ready", message="Deployment available")
+        kopf.info(event_body, reason="Ready", message="Deployment available")
 
 
-# Watch every child kind we own; the managed-by label is also applied server-side (settings.py).
-CHILD_RESOURCES = [
-    ("", "v1", "configmaps"),
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-]
-for _group, _version, _plural in CHILD_RESOURCES:
+# Watch every child kind we own whose API always exists (kinds.WATCHED); the managed-by label is
+# also filtered server-side (configure above).
+for _kind in WATCHED:
     kopf.on.event(
-        group=_group,
-        version=_version,
-        plural=_plural,
-        id=f"child_event_{_plural}",
+        group=_kind.group,
+        version=_kind.api_version.rpartition("/")[2],
+        plural=_kind.plural,
+        id=f"child_event_{_kind.plural}",
         labels={LABEL_MANAGED_BY: MANAGED_BY},
     )(child_event)

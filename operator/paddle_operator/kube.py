@@ -1,6 +1,6 @@
-"""Thin Kubernetes access for the operator: server-side apply under one field manager, get, list,
-delete, status patches. Raw REST paths over the official client's authenticated HTTP layer, so the
-rollout code can apply any kind (HTTPRoute, VirtualService) by adding one line to ``RESOURCES``.
+"""Thin Kubernetes access for the operator: server-side apply of children under one field manager,
+server-side apply of status under one field manager per writer, get, list, delete. Raw REST paths
+over the official client's authenticated HTTP layer; the kinds and their plurals come from kinds.py.
 """
 
 from __future__ import annotations
@@ -8,30 +8,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import urllib3
 from kubernetes import client, config
 
-from .spec import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from .kinds import PLURALS
+from .spec import API_VERSION, FIELD_MANAGER, KIND
 
 log = logging.getLogger(__name__)
 
-# (apiVersion, kind) -> plural. Every kind the operator creates or reads.
-RESOURCES: dict[tuple[str, str], str] = {
-    ("v1", "ConfigMap"): "configmaps",
-    ("v1", "Service"): "services",
-    ("v1", "Secret"): "secrets",
-    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
-    ("apps/v1", "Deployment"): "deployments",
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
-    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
-    (f"{GROUP}/{VERSION}", "PaddleModelService"): PLURAL,
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
-    ("networking.istio.io/v1", "VirtualService"): "virtualservices",
-    ("networking.istio.io/v1", "DestinationRule"): "destinationrules",
-}
 # Per-request timeout (connect, read): a hung API server must fail the handler, which kopf retries,
 # rather than block a worker thread forever.
 REQUEST_TIMEOUT = (5, 30)
@@ -44,14 +33,15 @@ class KubeError(Exception):
         self.status = status
         self.body = body
         try:
-            self.message = json.loads(body).get("message", body)
+            message = json.loads(body).get("message", body)
         except (ValueError, AttributeError):
-            self.message = body
+            message = body
+        self.message: str = message
         super().__init__(f"{what}: HTTP {status}: {self.message}")
 
 
 def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
-    plural = RESOURCES[(api_version, kind)]
+    plural = PLURALS[(api_version, kind)]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     if namespace:
         base += f"/namespaces/{quote(namespace)}"
@@ -62,13 +52,14 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
 
 
 def load_api_client(pool_size: int = 64, kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster config when in a pod, else ``kubeconfig`` / $KUBECONFIG / ~/.kube/config."""
+    """In-cluster config when in a pod, else ``kubeconfig`` (a KUBECONFIG list: its first entry) or
+    ~/.kube/config."""
     cfg = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        # $KUBECONFIG read now, not at import time (the client's default is frozen on import).
-        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+        # Passed in (OperatorSettings.kubeconfig), not the client's default, which is frozen on import.
+        path = (kubeconfig or "").split(os.pathsep)[0] or None
         config.load_kube_config(config_file=path, client_configuration=cfg)
     # Reconciles run in a thread pool; one connection per worker avoids pool-full warnings and waits.
     cfg.connection_pool_maxsize = pool_size
@@ -78,8 +69,12 @@ def load_api_client(pool_size: int = 64, kubeconfig: str | None = None) -> clien
 class Kube:
     """The operator's API calls. Thread-safe (urllib3 pool)."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
-        self.api = api or load_api_client()
+    def __init__(
+        self, api: client.ApiClient | None = None, *, kubeconfig: str | None = None, apply_workers: int = 32
+    ) -> None:
+        self.api = api or load_api_client(kubeconfig=kubeconfig)
+        # Shared by all reconciles; each submits its few children and waits for them (no nested submits).
+        self._apply_pool = ThreadPoolExecutor(apply_workers, thread_name_prefix="apply")
 
     def request(
         self,
@@ -130,26 +125,62 @@ class Kube:
         assert out is not None
         return out
 
+    def apply_all(
+        self, objs: Iterable[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any] | None, KubeError | None]]:
+        """Apply independent objects concurrently, results in order: (applied, None), or (None, error)
+        when the API server rejected the manifest itself (400/422). Other errors are raised."""
+        return list(self._apply_pool.map(self._apply_one, objs))
+
+    def _apply_one(self, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, KubeError | None]:
+        try:
+            return self.apply(obj), None
+        except KubeError as e:
+            if e.status in (400, 422):
+                return None, e
+            raise
+
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
         return self.request("GET", _path(api_version, kind, namespace, name))
 
     def list(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """Objects of one kind matching a label selector."""
         out = self.request("GET", _path(api_version, kind, namespace), query=[("labelSelector", selector)])
         return list((out or {}).get("items") or [])
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        """Delete one object (dependents in the background); absent is fine."""
         self.request(
             "DELETE",
             _path(api_version, kind, namespace, name),
             body={"propagationPolicy": "Background"},
         )
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch the PaddleModelService status subresource."""
-        path = _path(f"{GROUP}/{VERSION}", "PaddleModelService", namespace, name) + "/status"
+    def apply_status(
+        self, namespace: str, name: str, status: dict[str, Any], manager: str
+    ) -> dict[str, Any] | None:
+        """Server-side apply of the PaddleModelService status under ``manager`` (one per writer).
+
+        ``status`` is everything this writer owns: a field it applied before and leaves out now is
+        removed; fields of other writers (and conditions of other types: the list is a map keyed by
+        ``type`` in the CRD) are never touched, so no writer needs to read-merge-write.
+        """
+        path = _path(API_VERSION, KIND, namespace, name) + "/status"
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
         try:
             return self.request(
-                "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+                "PATCH",
+                path,
+                query=[("fieldManager", manager), ("force", "true")],
+                body=body,
+                content_type="application/apply-patch+yaml",
+                what=f"apply status {namespace}/{name} as {manager}",
             )
         except KubeError as e:
             if e.status == 404:  # deleted meanwhile: nothing to report on

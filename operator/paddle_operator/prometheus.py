@@ -40,7 +40,7 @@ class PrometheusQuerier:
     """Typed queries against one Prometheus."""
 
     def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.url = url.rstrip("/")
+        self.url = str(url).rstrip("/")
         self.timeout_s = timeout_s
         # No retries: the caller runs again next interval; retrying with backoff inside one tick would
         # turn a dead Prometheus into a handler that hangs for tens of seconds.

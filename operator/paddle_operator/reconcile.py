@@ -1,27 +1,21 @@
-"""The one idempotent reconcile: check what the spec needs, apply every desired child, prune the rest,
-read the children back, write status. Also the drift path for a single child.
+"""The one idempotent reconcile: check what the spec needs, apply every child of the plan, prune the
+rest, read the children back, apply the status fields it owns. Also the drift path for one child.
 
-No kopf here either: handlers.py adapts kopf's calls to these functions, so they run the same from a
-create/update/resume handler, a child's watch event, a test, or the benchmark.
-
-Extending (rollout/canary): replace or wrap ``plan`` to return the canary Deployment/HPA/Services/
-routes as well (children absent from the plan are pruned), add their kinds to ``MANAGED_KINDS`` and
-kube.RESOURCES, and write ``status.rollout``/``status.sla`` with your own merge patch; ``compute_status``
-never touches those.
+The plan is :func:`plan.build_children` over the rollout shape in memory.py (or ``status``), so
+rollouts need no hook here. No kopf either: handlers.py adapts kopf's calls to these functions, so
+they run the same from a handler, a child's watch event, the rollout loop, a test or the benchmark.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
-from .builders import desired_children
-from .kube import Kube, KubeError
+from . import memory
+from .kinds import OWNED
+from .kube import Kube
+from .plan import build_children
 from .spec import (
     LABEL_MANAGED_BY,
     LABEL_SERVICE,
@@ -29,23 +23,9 @@ from .spec import (
     PaddleModelService,
     parse_pvc_uri,
 )
-from .status import Observed, Problem, compute_status, status_changed
+from .status import STATUS_MANAGER, Observed, Problem, compute_status, status_changed
 
 log = logging.getLogger(__name__)
-
-# Kinds the operator owns as children, in apply order. Pruning and drift watches cover these.
-MANAGED_KINDS: list[tuple[str, str]] = [
-    ("v1", "ConfigMap"),
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-]
-
-# The plan: which children the resource should have. A module-level hook so the rollout code can
-# swap in a track-aware plan without touching the loop below.
-plan: Callable[[PaddleModelService], list[dict[str, Any]]] = desired_children
-
 
 @dataclass
 class Result:
@@ -90,7 +70,14 @@ def check_preconditions(kube: Kube, svc: PaddleModelService) -> list[Problem]:
     return problems
 
 
+def plan(svc: PaddleModelService) -> list[dict[str, Any]]:
+    """The children for the resource's current rollout shape."""
+    shape, _state = memory.current(svc)
+    return build_children(svc, shape)
+
+
 def child_key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    """(apiVersion, kind, name): how children are matched between plan and cluster."""
     return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
 
 
@@ -99,7 +86,8 @@ def prune(kube: Kube, svc: PaddleModelService, desired: list[dict[str, Any]]) ->
     wanted = {child_key(c) for c in desired}
     selector = f"{LABEL_SERVICE}={svc.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
     pruned = []
-    for api_version, kind in MANAGED_KINDS:
+    for k in OWNED:
+        api_version, kind = k.key
         for obj in kube.list(api_version, kind, svc.namespace, selector):
             owners = obj["metadata"].get("ownerReferences") or []
             if not any(o.get("uid") == svc.uid for o in owners):
@@ -128,15 +116,21 @@ def carried_problems(svc: PaddleModelService, old_status: dict[str, Any] | None)
 _last_written: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 
+def last_status(namespace: str, name: str, uid: str) -> dict[str, Any]:
+    """The status this process last applied to the resource ({} when none)."""
+    return dict(_last_written.get((namespace, name, uid)) or {})
+
+
 def write_status(
     kube: Kube, svc: PaddleModelService, obs: Observed, old_status: dict[str, Any] | None
 ) -> tuple[dict[str, Any], bool]:
+    """Apply the reconcile's status fields when they changed; (status, written)."""
     status = compute_status(svc, obs, old_status)
     key = (svc.namespace, svc.name, svc.uid)
     last = _last_written.get(key)
     if not status_changed(old_status, status) and (last is None or not status_changed(last, status)):
         return status, False
-    kube.patch_status(svc.namespace, svc.name, status)
+    kube.apply_status(svc.namespace, svc.name, status, STATUS_MANAGER)
     _last_written[key] = status
     return status, True
 
@@ -152,23 +146,6 @@ def forget(namespace: str, name: str, uid: str) -> None:
     _reconciled.pop((namespace, name, uid), None)
 
 
-# Shared by all reconciles; each submits its few children and waits for them (no nested submits).
-# Bounded: together with the 48 handler threads it should stay near the API client's 64 connections.
-_APPLY_POOL = ThreadPoolExecutor(int(os.environ.get("PADDLE_OPERATOR_APPLY_WORKERS", "32")),
-                                 thread_name_prefix="apply")
-
-
-def _apply(kube: Kube, child: dict[str, Any]) -> tuple[dict[str, Any] | None, KubeError | None]:
-    """Apply one child: (the object as applied, None), or (None, the error) when the API server
-    rejected the manifest itself (400/422); other errors are raised."""
-    try:
-        return kube.apply(child), None
-    except KubeError as e:
-        if e.status in (400, 422):
-            return None, e
-        raise
-
-
 def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Result:
     """Bring the children in line with the spec and report. Safe to run any number of times."""
     svc = PaddleModelService.from_body(body)
@@ -181,7 +158,7 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
         # The children are independent objects: apply them concurrently, so a reconcile waits for one
         # API round trip instead of one per child. Results come back in plan order; any other error
         # is raised as before (kopf retries the whole reconcile).
-        for child, (applied, rejected) in zip(desired, _APPLY_POOL.map(partial(_apply, kube), desired), strict=True):
+        for child, (applied, rejected) in zip(desired, kube.apply_all(desired), strict=True):
             if rejected is not None:
                 # The API server refused a manifest built from this spec (e.g. a bad passthrough
                 # toleration): a spec problem, reported, not retried fast.

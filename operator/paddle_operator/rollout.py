@@ -26,10 +26,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-DEFAULT_STEPS: tuple[int, ...] = (10, 30, 60, 100)
-DEFAULT_INTERVAL_S = 30.0
-DEFAULT_FAILURE_THRESHOLD = 3
-DEFAULT_MIN_REQUESTS = 20
+from .spec import Rollout as SpecRollout
+
+# Defaults come from the spec model, which mirrors the CRD (tests/operator/test_spec.py): one source.
+_SPEC_DEFAULTS = SpecRollout()
+DEFAULT_STEPS: tuple[int, ...] = _SPEC_DEFAULTS.steps
+DEFAULT_INTERVAL_S = float(_SPEC_DEFAULTS.interval_seconds)
+DEFAULT_FAILURE_THRESHOLD = _SPEC_DEFAULTS.analysis.failure_threshold
+DEFAULT_MIN_REQUESTS = _SPEC_DEFAULTS.analysis.min_requests
 
 # Phases written to status.rollout.phase.
 PROGRESSING = "Progressing"

@@ -1,55 +1,59 @@
-"""Operator settings in one place: the kopf startup hook and the command-line knobs it reads."""
+"""``OperatorSettings``: every knob of the operator process, read from the environment in one place.
+
+Each field is ``PADDLE_OPERATOR_<FIELD>`` (e.g. ``PADDLE_OPERATOR_ROLLOUT_TICK_S``), except the two
+variables other software defines (``KUBECONFIG``, ``MALLOC_ARENA_MAX``). The chart sets them from
+``values.yaml`` (``operator.settings``). No other module reads ``os.environ``.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-from typing import Any
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-import kopf
-
-from .spec import GROUP, LABEL_MANAGED_BY, MANAGED_BY
-
-# Watches: ask the API server to close each watch after 5 minutes (server_timeout) and give up on the
-# client side a little later (client_timeout). A silently dropped connection (NAT, load balancer idle
-# timeout) is then noticed within minutes instead of hanging forever, and the server, not the client,
-# normally ends the stream, so no events are lost between the two.
-WATCH_SERVER_TIMEOUT_S = 300
-WATCH_CLIENT_TIMEOUT_S = WATCH_SERVER_TIMEOUT_S + 30
-WATCH_CONNECT_TIMEOUT_S = 10
-# Sync handlers run in this many threads. A reconcile is a dozen API calls that mostly wait on the
-# API server (CPU per resource is milliseconds), so throughput under a burst is bounded by how many
-# wait at once: 16 threads made 100 new resources queue for ~25 s on a loaded control plane.
-MAX_WORKERS = int(os.environ.get("PADDLE_OPERATOR_WORKERS", "48"))
-CHILD_KINDS = ("configmaps", "deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets")
+ENV_PREFIX = "PADDLE_OPERATOR_"
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Our own domain for everything kopf writes on our objects.
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+class OperatorSettings(BaseSettings):
+    """The operator's settings; field docstrings are the reference (docs/operator.md lists them)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, use_attribute_docstrings=True
     )
-    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
-    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
-    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_S
-    # Child watches only stream objects we manage: server-side filtering keeps every other ConfigMap,
-    # Service and Deployment in the cluster out of this process.
-    for plural in CHILD_KINDS:
-        settings.watching.label_selectors[plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-    settings.execution.max_workers = MAX_WORKERS
-    # Events are for people: the explicit kopf.info()/kopf.warn() calls, not every handler log line.
-    settings.posting.level = logging.INFO
-    settings.posting.loggers = False
-    settings.posting.reporting_component = "paddle-sla-operator"
-    # One replica, no peering: peering is not leader election, and a second replica would not help.
-    settings.peering.standalone = True
-    settings.peering.mandatory = False
 
+    workers: int = Field(default=48, ge=1)
+    """Threads kopf runs the sync handlers in. A reconcile mostly waits on the API server, so a burst
+    of new resources is bounded by how many wait at once (16 queued 100 new resources for ~25 s)."""
 
-@kopf.on.probe(id="indexed")
-def indexed_count(pms_index: kopf.Index, **_: Any) -> int:
-    """Exposed on the liveness endpoint: how many PaddleModelServices this process knows."""
-    return len(pms_index)
+    apply_workers: int = Field(default=32, ge=1)
+    """Threads the children of one reconcile are applied in concurrently (shared by all reconciles;
+    with ``workers`` it should stay near the API client's 64 connections)."""
+
+    rollout_workers: int = Field(default=8, ge=1)
+    """Threads the shared rollout loop runs its API and Prometheus calls in."""
+
+    rollout_tick_s: float = Field(default=5.0, gt=0)
+    """Period of the shared rollout loop: how late a rollout step or readiness change is seen.
+    Analyses still run every ``spec.rollout.intervalSeconds``."""
+
+    sla_period_s: float = Field(default=30.0, gt=0)
+    """How often ``status.sla`` and the ``SLAMet`` condition are refreshed from Prometheus."""
+
+    blocked_recheck_s: float = Field(default=20.0, gt=0)
+    """How often a resource that is blocked (``ReconcileError=True``: a missing Secret or PVC) is
+    reconciled again by the rollout loop, so a Secret created later is picked up."""
+
+    prometheus_url: str | None = None
+    """Prometheus for resources that name no ``spec.rollout.analysis.prometheusURL``."""
+
+    prometheus_timeout_s: float = Field(default=5.0, gt=0)
+    """Timeout of one Prometheus query; no retries inside one tick."""
+
+    analysis_min_window_s: float = Field(default=60.0, gt=0)
+    """Shortest rate window of a canary analysis or SLA query (keep it >= 4 scrape intervals)."""
+
+    kubeconfig: str | None = Field(default=None, validation_alias=AliasChoices("KUBECONFIG"))
+    """Outside a pod: the kubeconfig file (``KUBECONFIG``, first entry); in a pod the service account."""
+
+    malloc_arena_max: int | None = Field(default=None, validation_alias=AliasChoices("MALLOC_ARENA_MAX"))
+    """glibc's own variable. Set: glibc applied it already. Unset: the operator caps malloc arenas at
+    2 before its threads start, so freed memory of a burst returns (RSS comes back down)."""

@@ -163,6 +163,7 @@ class SLA(_Model):
 
     @property
     def availability_percent(self) -> float | None:
+        """``availability`` as a number (``"99.9"`` -> 99.9), None when unset."""
         return float(self.availability) if self.availability is not None else None
 
 
@@ -176,16 +177,19 @@ class ProbeOverride(_Model):
 
 
 class Probes(_Model):
+    """Overrides of the three runtime probes."""
     startup: ProbeOverride = ProbeOverride()
     readiness: ProbeOverride = ProbeOverride()
     liveness: ProbeOverride = ProbeOverride()
 
 
 class Auth(_Model):
+    """Bearer-token auth on the inference port."""
     token_secret_ref: SecretKeyRef | None = None
 
 
 class ServicePort(_Model):
+    """The Service in front of the pods."""
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     port: int = RUNTIME_PORT
 
@@ -199,6 +203,7 @@ class Router(_Model):
 
 
 class Analysis(_Model):
+    """Canary analysis: where to ask and the thresholds (else derived from ``spec.sla``)."""
     prometheus_url: str | None = Field(default=None, alias="prometheusURL")
     max_latency_p99_ms: int | None = Field(default=None, alias="maxLatencyP99Ms")
     max_error_rate: float | None = None
@@ -207,6 +212,7 @@ class Analysis(_Model):
 
 
 class Rollout(_Model):
+    """How a new tag (or model, with ``model.update: Canary``) is rolled out."""
     strategy: Literal["Canary", "Rolling"] = "Canary"
     steps: tuple[int, ...] = (10, 30, 60, 100)
     interval_seconds: int = 60
@@ -243,6 +249,7 @@ class ServiceSpec(_Model):
 
     @property
     def autoscaled(self) -> bool:
+        """An HPA sizes the Deployment (``spec.autoscaling`` present and enabled)."""
         return self.autoscaling is not None and self.autoscaling.enabled
 
 
@@ -274,26 +281,32 @@ class PaddleModelService(_Model):
     # Names of children (docs/contracts.md).
     @property
     def deployment_name(self) -> str:
+        """Name of the stable Deployment."""
         return self.name
 
     @property
     def configmap_name(self) -> str:
+        """Name of the runtime ConfigMap."""
         return self.name + SUFFIX_RUNTIME
 
     @property
     def service_name(self) -> str:
+        """Name of the Service."""
         return self.name
 
     @property
     def model_name(self) -> str:
+        """Model name the runtime serves under (``spec.model.name``, else the resource name)."""
         return self.spec.model.name or self.name
 
     @property
     def image_ref(self) -> str:
+        """``image:tag`` of the runtime container."""
         return f"{self.spec.image}:{self.spec.tag}"
 
     @property
     def url(self) -> str:
+        """In-cluster URL of the Service."""
         return f"http://{self.service_name}.{self.namespace}.svc:{self.spec.service.port}"
 
 

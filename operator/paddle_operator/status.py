@@ -1,9 +1,20 @@
 """Status of a PaddleModelService computed from its observed children. Pure.
 
-``compute_status`` is the single place conditions are decided. It keeps fields other writers own
-(``status.rollout``, the measured figures in ``status.sla``) untouched and returns only what it owns,
-so the result is a merge patch. Conditions are replaced by type; ``lastTransitionTime`` moves only
-when a condition's status changes.
+Each status field has exactly one writer, which server-side applies it under its own field manager
+(``Kube.apply_status``), so no writer reads, merges and writes back another's fields:
+
+==========================  ===========================================================  ==========
+field manager               fields                                                       writer
+==========================  ===========================================================  ==========
+``STATUS_MANAGER``          observedGeneration, replicas, readyReplicas, replicaSummary,  reconcile
+                            selector, tag, modelVersion, url, fallback, warnings,
+                            conditions Ready/Available/Progressing/Degraded/ReconcileError
+``ROLLOUT_MANAGER``         stableTag, rollout                                            canary.tick
+``SLA_MANAGER``             sla, condition SLAMet                                         canary.evaluate_sla
+==========================  ===========================================================  ==========
+
+``compute_status`` is the single place the reconcile's conditions are decided; ``lastTransitionTime``
+moves only when a condition's status changes.
 """
 
 from __future__ import annotations
@@ -12,7 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .spec import LABEL_SERVICE, PaddleModelService
+from .spec import FIELD_MANAGER, LABEL_SERVICE, PaddleModelService
+
+# Field managers of the three status writers (see the table above). Children use FIELD_MANAGER.
+STATUS_MANAGER = f"{FIELD_MANAGER}-status"
+ROLLOUT_MANAGER = f"{FIELD_MANAGER}-rollout"
+SLA_MANAGER = f"{FIELD_MANAGER}-sla"
 
 CONDITION_TYPES = ("Ready", "Available", "Progressing", "Degraded", "ReconcileError")
 # Availability at or above which one replica is a single point of failure worth a warning.
@@ -37,6 +53,7 @@ class Observed:
 
 
 def now_iso() -> str:
+    """The current UTC time as Kubernetes writes it."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -52,7 +69,7 @@ def merge_conditions(
 ) -> list[dict[str, Any]]:
     """Replace conditions by type, keeping lastTransitionTime when the status did not change.
 
-    Types not in ``new`` (e.g. ``SLAMet`` written by the SLA evaluator) are kept.
+    Returns the types in ``new`` only: other types (``SLAMet``) belong to another writer.
     """
     by_type = {c["type"]: dict(c) for c in old or []}
     for c in new:
@@ -63,6 +80,8 @@ def merge_conditions(
         else:
             merged["lastTransitionTime"] = now
         by_type[c["type"]] = merged
+    mine = {c["type"] for c in new}
+    by_type = {t: c for t, c in by_type.items() if t in mine}
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(by_type.values(), key=lambda c: (order.get(c["type"], len(order)), c["type"]))
 
@@ -94,7 +113,7 @@ def warnings_for(svc: PaddleModelService, obs: Observed) -> list[str]:
     floor = a.min_replicas if spec.autoscaled and a is not None else spec.replicas
     avail = spec.sla.availability_percent if spec.sla is not None else None
     if avail is not None and avail >= HA_AVAILABILITY and floor < 2:
-        out.append(f"spec.sla.availability {spec.sla.availability} with at most one replica guaranteed: "
+        out.append(f"spec.sla.availability {avail:g} with at most one replica guaranteed: "
                    "a single pod restart breaks it; use 2+ replicas")
     if spec.model.preload.medium == "Memory" and "memory" not in spec.inference.resources.limits:
         out.append("spec.model.preload.medium Memory without spec.inference.resources.limits.memory: "
@@ -116,7 +135,7 @@ def compute_status(
     old_status: dict[str, Any] | None,
     now: str | None = None,
 ) -> dict[str, Any]:
-    """The status merge patch this operator owns."""
+    """Every status field the reconcile owns (applied whole under ``STATUS_MANAGER``)."""
     now = now or now_iso()
     old_status = dict(old_status or {})
     gen = svc.generation
@@ -148,7 +167,7 @@ def compute_status(
     if dep is None:
         add("Available", False, "DeploymentMissing", f"Deployment {svc.deployment_name} not found")
     elif available:
-        add("Available", True, avail_c.get("reason") or "MinimumReplicasAvailable",
+        add("Available", True, (avail_c or {}).get("reason") or "MinimumReplicasAvailable",
             f"{ready_replicas}/{desired} replicas ready")
     else:
         add("Available", False, (avail_c or {}).get("reason") or "MinimumReplicasUnavailable",
@@ -159,7 +178,8 @@ def compute_status(
     deadline = prog_c is not None and prog_c.get("status") == "False"
     rolling = dep is not None and (not dep_gen_seen or updated < desired or ready_replicas < desired or replicas > desired)
     if deadline:
-        add("Progressing", False, prog_c.get("reason") or "ProgressDeadlineExceeded", prog_c.get("message") or "")
+        add("Progressing", False, (prog_c or {}).get("reason") or "ProgressDeadlineExceeded",
+            (prog_c or {}).get("message") or "")
     elif rolling:
         add("Progressing", True, "RollingUpdate",
             f"{updated}/{desired} updated, {ready_replicas}/{desired} ready")
@@ -197,17 +217,7 @@ def compute_status(
         ("Armed" if svc.spec.fallback is not None else "Off"),
         "warnings": warnings_for(svc, obs),
     }
-    if available and not obs.problems and not rolling and not old_status.get("stableTag"):
-        # First rollout only: from then on the rollout controller (canary.py) owns stableTag and moves
-        # it on promotion.
-        status["stableTag"] = svc.spec.tag
-    old_sla = old_status.get("sla") or {}
-    target = svc.spec.sla.latency_p99_ms if svc.spec.sla is not None else None
-    if old_sla.get("p99Ms") is None:
-        # The SLA evaluator owns the measured figures and the summary once it has measured.
-        status["sla"] = {"targetP99Ms": target, "summary": f"-/{target}ms" if target else "-"}
-    elif target != old_sla.get("targetP99Ms"):
-        status["sla"] = {"targetP99Ms": target}
+    # Not here: stableTag/rollout (the rollout controller) and sla (the SLA evaluator), see above.
     return status
 
 

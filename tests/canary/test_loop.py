@@ -1,4 +1,4 @@
-"""The shared rollout loop (handlers._RolloutLoop): which resources it works on, tick by tick.
+"""The shared rollout loop (handlers.RolloutLoop): which resources it works on, tick by tick.
 
 Idle resources must cost nothing per tick (that was the point of replacing the per-resource kopf
 timer), yet a spec or rollout-status change, a rollout in progress and a due SLA refresh must each
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from paddle_operator import canary, handlers
+from paddle_operator import handlers, memory
+from paddle_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(prometheus_url=None)
 
 
 class FakeKube:
@@ -30,7 +32,10 @@ class FakeKube:
     def apply(self, obj):
         return obj
 
-    def patch_status(self, namespace, name, status):
+    def apply_all(self, objs):
+        return [(o, None) for o in objs]
+
+    def apply_status(self, namespace, name, status, manager):
         self.patches.append(status)
 
     def request(self, method, path, body=None, **_):
@@ -60,18 +65,17 @@ KEY = ("prod", "ocr")
 def kube(monkeypatch):
     fake = FakeKube()
     monkeypatch.setattr(handlers, "_kube", fake)
-    monkeypatch.setattr(canary, "DEFAULT_PROMETHEUS_URL", None)
-    canary._memory.clear()
+    memory.clear()
     yield fake
-    canary._memory.clear()
+    memory.clear()
 
 
 @pytest.fixture
 def loop():
-    rl = handlers._RolloutLoop()
-    rl._pool = ThreadPoolExecutor(2)
+    rl = handlers.RolloutLoop(SETTINGS)
+    rl.start_pool()
     yield rl
-    rl._pool.shutdown()
+    rl.stop_pool()
 
 
 def run_due(rl, index, now):
@@ -79,10 +83,10 @@ def run_due(rl, index, now):
     work = rl.due(index, now)
 
     async def go():
-        await asyncio.gather(*(rl._work(k, b, t, s, now) for k, b, t, s in work))
+        await asyncio.gather(*(rl.work(w, now) for w in work))
 
     asyncio.run(go())
-    return [(k, t, s) for k, _b, t, s in work]
+    return [(w.key, w.tick, w.sla) for w in work]
 
 
 def test_idle_resource_is_skipped_until_its_spec_changes(kube, loop):
@@ -121,8 +125,8 @@ def test_sla_refreshed_once_per_period(kube, loop):
     # No Prometheus: SLAMet Unknown written once.
     assert any("sla" in p for p in kube.patches)
     assert run_due(loop, index, 1005.0) == []
-    assert run_due(loop, index, 1000.0 + canary.SLA_PERIOD_S - 1) == []
-    assert run_due(loop, index, 1000.0 + canary.SLA_PERIOD_S) == [(KEY, False, True)]
+    assert run_due(loop, index, 1000.0 + SETTINGS.sla_period_s - 1) == []
+    assert run_due(loop, index, 1000.0 + SETTINGS.sla_period_s) == [(KEY, False, True)]
 
 
 def test_deleted_resources_are_forgotten(kube, loop):
@@ -145,3 +149,38 @@ def test_rollout_events_are_posted_as_core_events(kube, loop):
         "uid": "u-1",
     }
     assert (event["type"], event["reason"]) == ("Warning", "RolledBack")
+
+
+def test_blocked_resource_is_reconciled_again_every_recheck_period(kube, loop):
+    """A missing Secret is not retried by kopf: the loop reconciles blocked resources (ReconcileError=True)."""
+    blocked = body()
+    blocked["status"]["conditions"] = [
+        {"type": "ReconcileError", "status": "True", "reason": "SecretNotFound", "message": "no Secret"}
+    ]
+    index = {KEY: [blocked]}
+    period = SETTINGS.blocked_recheck_s
+    assert not any(w.recheck for w in loop.due(index, 1000.0))  # the reconcile that found it just ran
+    assert not any(w.recheck for w in loop.due(index, 1000.0 + period - 1))
+    (work,) = loop.due(index, 1000.0 + period)
+    assert work.recheck
+    asyncio.run(loop.work(work, 1000.0 + period))
+    # The Secret exists now (the fake finds nothing missing): children applied, status cleared, event.
+    cleared = next(p for p in kube.patches if "conditions" in p)
+    error = next(c for c in cleared["conditions"] if c["type"] == "ReconcileError")
+    assert error["status"] == "False"
+    assert [e["reason"] for e in kube.events] == ["Reconciled"]
+    # Once the status says unblocked, no more rechecks.
+    index[KEY] = [body()]
+    assert not any(w.recheck for w in loop.due(index, 1000.0 + 3 * period))
+
+
+def test_sla_status_is_released_when_the_spec_drops_its_targets(kube, loop):
+    measured = body()
+    measured["status"]["sla"] = {"summary": "80ms/100ms", "p99Ms": 80.0}
+    measured["status"]["conditions"] = [{"type": "SLAMet", "status": "True", "reason": "WithinSLA"}]
+    index = {KEY: [measured]}
+    assert run_due(loop, index, 1000.0) == [(KEY, True, True)]
+    # The SLA writer applies an empty status under its field manager: its fields are removed.
+    assert {} in kube.patches
+    # Once per process, not every period (fields of an older writer would stay).
+    assert run_due(loop, index, 1000.0 + 2 * SETTINGS.sla_period_s) == []

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from paddle_operator import canary
+from paddle_operator import canary, memory
+from paddle_operator import plan as pl
+from paddle_operator.settings import OperatorSettings
 from paddle_operator.spec import PaddleModelService
+
+SETTINGS = OperatorSettings(prometheus_url=None)
+
+
+def plan(svc):
+    """The production plan for the shape this process would use (memory, else status)."""
+    shape, _state = memory.current(svc)
+    return pl.build_children(svc, shape)
 
 
 def body(tag="v2", status=None, router="Service", replicas=4, autoscaling=None, **rollout):
@@ -35,9 +45,9 @@ def tag_of(dep):
 
 @pytest.fixture(autouse=True)
 def no_memory():
-    canary._memory.clear()
+    memory.clear()
     yield
-    canary._memory.clear()
+    memory.clear()
 
 
 def progressing(weight=30, step=2, tag="v2"):
@@ -49,18 +59,18 @@ def progressing(weight=30, step=2, tag="v2"):
 
 def test_tag_change_alone_keeps_stable_on_the_stable_tag():
     svc = PaddleModelService.from_body(body(status={"stableTag": "v1"}))
-    out = kinds(canary.plan(svc))
+    out = kinds(plan(svc))
     assert tag_of(out[("Deployment", "ocr")]) == "v1"
     assert ("Deployment", "ocr-canary") not in out
 
 
 def test_first_creation_uses_spec_tag():
-    out = kinds(canary.plan(PaddleModelService.from_body(body(tag="v1"))))
+    out = kinds(plan(PaddleModelService.from_body(body(tag="v1"))))
     assert tag_of(out[("Deployment", "ocr")]) == "v1"
 
 
 def test_no_mesh_splits_replicas_by_weight_and_keeps_the_floor():
-    out = kinds(canary.plan(PaddleModelService.from_body(body(status=progressing(30)))))
+    out = kinds(plan(PaddleModelService.from_body(body(status=progressing(30)))))
     stable, can = out[("Deployment", "ocr")], out[("Deployment", "ocr-canary")]
     assert tag_of(stable) == "v1" and tag_of(can) == "v2"
     assert (stable["spec"]["replicas"], can["spec"]["replicas"]) == (3, 2)
@@ -71,7 +81,7 @@ def test_no_mesh_splits_replicas_by_weight_and_keeps_the_floor():
 
 def test_gateway_router_weights_and_canary_sized_for_the_next_step():
     status = progressing(30, step=2)
-    out = kinds(canary.plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
+    out = kinds(plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
     refs = out[("HTTPRoute", "ocr")]["spec"]["rules"][0]["backendRefs"]
     assert [(r["name"], r["weight"]) for r in refs] == [("ocr-stable", 70), ("ocr-canary", 30)]
     assert out[("Deployment", "ocr")]["spec"]["replicas"] == 4
@@ -82,7 +92,7 @@ def test_gateway_router_weights_and_canary_sized_for_the_next_step():
 
 
 def test_istio_router():
-    out = kinds(canary.plan(PaddleModelService.from_body(body(status=progressing(10, 1), router="Istio"))))
+    out = kinds(plan(PaddleModelService.from_body(body(status=progressing(10, 1), router="Istio"))))
     route = out[("VirtualService", "ocr")]["spec"]["http"][0]["route"]
     assert [(d["destination"]["subset"], d["weight"]) for d in route] == [("stable", 90), ("canary", 10)]
     assert ("DestinationRule", "ocr") in out
@@ -90,7 +100,7 @@ def test_istio_router():
 
 def test_rolled_back_canary_is_scaled_to_zero_and_routes_nothing():
     status = {"stableTag": "v1", "rollout": {"phase": "RolledBack", "tag": "v2", "weight": 0}}
-    out = kinds(canary.plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
+    out = kinds(plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
     assert out[("Deployment", "ocr-canary")]["spec"]["replicas"] == 0
     refs = out[("HTTPRoute", "ocr")]["spec"]["rules"][0]["backendRefs"]
     assert [r["name"] for r in refs] == ["ocr-stable"]
@@ -98,7 +108,7 @@ def test_rolled_back_canary_is_scaled_to_zero_and_routes_nothing():
 
 def test_promoting_rolls_stable_to_the_new_tag_while_canary_carries_traffic():
     status = {"stableTag": "v1", "rollout": {"phase": "Promoting", "tag": "v2", "step": 4, "weight": 100}}
-    out = kinds(canary.plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
+    out = kinds(plan(PaddleModelService.from_body(body(status=status, router="GatewayAPI"))))
     assert tag_of(out[("Deployment", "ocr")]) == "v2"
     assert out[("Deployment", "ocr")]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     refs = out[("HTTPRoute", "ocr")]["spec"]["rules"][0]["backendRefs"]
@@ -107,7 +117,7 @@ def test_promoting_rolls_stable_to_the_new_tag_while_canary_carries_traffic():
 
 def test_hpas_are_sized_to_traffic_share():
     auto = {"minReplicas": 2, "maxReplicas": 10, "targetQPSPerReplica": 20}
-    out = kinds(canary.plan(PaddleModelService.from_body(body(status=progressing(30), autoscaling=auto))))
+    out = kinds(plan(PaddleModelService.from_body(body(status=progressing(30), autoscaling=auto))))
     stable, can = out[("HorizontalPodAutoscaler", "ocr")], out[("HorizontalPodAutoscaler", "ocr-canary")]
     assert (stable["spec"]["minReplicas"], stable["spec"]["maxReplicas"]) == (2, 7)
     # Canary sized for its next step (60 %): 2 .. 6.
@@ -118,46 +128,46 @@ def test_hpas_are_sized_to_traffic_share():
 
 def test_policy_thresholds_come_from_the_sla_unless_explicit():
     svc = PaddleModelService.from_body(body())
-    p = canary.policy_for(svc)
+    p = pl.policy_for(svc)
     assert p.max_latency_p99_ms == 100 and p.max_error_rate == pytest.approx(0.001)
     svc = PaddleModelService.from_body(body(analysis={"maxLatencyP99Ms": 50, "maxErrorRate": 0.05}))
-    p = canary.policy_for(svc)
+    p = pl.policy_for(svc)
     assert p.max_latency_p99_ms == 50 and p.max_error_rate == 0.05
 
 
 def test_replica_floor_follows_the_pdb():
     svc = PaddleModelService.from_body(body())
-    assert canary.replica_floor(svc, 4) == 3  # 99.9 %: one pod may be unavailable
+    assert pl.replica_floor(svc, 4) == 3  # 99.9 %: one pod may be unavailable
 
 
 def test_model_canary_keeps_the_stable_model_until_promotion():
     old = {"uri": "file:///models/m1", "version": "1", "update": "Canary"}
     b = body(tag="v1")
     b["spec"]["model"] = {"uri": "file:///models/m2", "version": "2", "update": "Canary"}
-    desired = canary.desired_revision(PaddleModelService.from_body(b))
-    assert canary.tag_of(desired) == "v1" and desired.startswith("v1@2.")
+    desired = pl.desired_revision(PaddleModelService.from_body(b))
+    assert pl.tag_of(desired) == "v1" and desired.startswith("v1@2.")
     b["status"] = {
         "stableTag": "v1",
         "rollout": {"phase": "Progressing", "tag": desired, "step": 1, "weight": 10, "stableModel": old},
     }
     svc = PaddleModelService.from_body(b)
-    shape, _ = canary.shape_from_status(svc)
+    shape, _ = pl.shape_from_status(svc)
     assert shape.stable_tag != desired, "the model change is a new revision"
-    out = kinds(canary.plan(svc))
+    out = kinds(plan(svc))
     stable, can = str(out[("Deployment", "ocr")]), str(out[("Deployment", "ocr-canary")])
     assert "models/m1" in stable and "models/m2" not in stable
     assert "models/m2" in can and "models/m1" not in can
     assert tag_of(out[("Deployment", "ocr")]) == tag_of(out[("Deployment", "ocr-canary")]) == "v1"
     # Promoting: the stable track rolls to the new model.
     b["status"]["rollout"]["phase"] = "Promoting"
-    out = kinds(canary.plan(PaddleModelService.from_body(b)))
+    out = kinds(plan(PaddleModelService.from_body(b)))
     assert "models/m2" in str(out[("Deployment", "ocr")])
 
 
 def test_model_change_without_canary_update_is_not_a_new_revision():
     b = body(tag="v1")
     b["spec"]["model"] = {"uri": "file:///models/m2", "version": "2", "update": "Rollout"}
-    assert canary.desired_revision(PaddleModelService.from_body(b)) == "v1"
+    assert pl.desired_revision(PaddleModelService.from_body(b)) == "v1"
 
 
 class _NoCanaryKube:
@@ -177,7 +187,10 @@ class _NoCanaryKube:
         self.applied.append(obj)
         return obj
 
-    def patch_status(self, namespace, name, status):
+    def apply_all(self, objs):
+        return [(self.apply(o), None) for o in objs]
+
+    def apply_status(self, namespace, name, status, manager):
         self.patches.append(status)
 
 
@@ -185,9 +198,9 @@ def test_switching_model_update_to_canary_is_not_itself_a_rollout():
     b = body(tag="v1", status={"stableTag": "v1"})
     b["spec"]["model"]["update"] = "Rollout"
     kube = _NoCanaryKube()
-    canary.tick(kube, b, now=1000.0)
+    canary.tick(kube, b, SETTINGS, now=1000.0)
     b["spec"]["model"]["update"] = "Canary"
-    result = canary.tick(kube, b, now=1001.0)
+    result = canary.tick(kube, b, SETTINGS, now=1001.0)
     assert not result.events, result.events
     assert result.status.get("rollout", {}).get("phase", "") == ""
     assert result.status["rollout"]["stableModel"]["uri"] == "file:///models/m"

@@ -1,6 +1,7 @@
-"""Golden-manifest tests for every builder.
+"""Golden-manifest tests over the production plan (``plan.build_children``), builder by builder.
 
-Each case's children are rendered and compared with tests/operator/golden/<case>/<kind>-<name>.yaml.
+Each case's children, as the reconcile would apply them, are rendered and compared with
+tests/operator/golden/<case>/<kind>-<name>.yaml; ``full`` also mid-canary (30 %, Service router).
 After an intended change, regenerate with ``UPDATE_GOLDEN=1 pytest tests/operator`` and review the
 diff like code. Behaviour tests below pin the rules the goldens merely record.
 """
@@ -15,15 +16,25 @@ import yaml
 from pms_cases import GOLDEN, ROOT, load_case
 
 from paddle_operator.builders import (
-    CANARY,
     build_configmap,
     build_deployment,
     build_hpa,
     build_pdb,
     build_service,
-    desired_children,
 )
+from paddle_operator.plan import build_children, shape_from_status
 from paddle_operator.spec import MAX_NAME_LENGTH, PaddleModelService
+
+
+def planned_children(svc: PaddleModelService) -> list[dict[str, Any]]:
+    """What the reconcile applies for ``svc`` with the rollout shape its status records."""
+    shape, _state = shape_from_status(svc)
+    return build_children(svc, shape)
+
+
+def _mid_canary(svc: PaddleModelService) -> PaddleModelService:
+    status = {"stableTag": "0.1.0-cpu", "rollout": {"phase": "Progressing", "tag": svc.spec.tag, "step": 2, "weight": 30}}
+    return svc.model_copy(update={"status": status})
 
 
 def _golden_name(obj: dict[str, Any]) -> str:
@@ -42,20 +53,23 @@ def _check_golden(case: str, obj: dict[str, Any]) -> None:
 
 def test_children_match_golden_manifests(case: tuple[str, PaddleModelService]) -> None:
     name, svc = case
-    children = desired_children(svc)
+    children = planned_children(svc)
     for child in children:
         _check_golden(name, child)
     # No stale golden files: every file in the case directory is still produced.
     produced = {_golden_name(c) for c in children}
-    if name == "full":
-        produced.add("deployment-full-canary.yaml")
     on_disk = {p.name for p in (GOLDEN / name).glob("*.yaml")}
     assert on_disk == produced
 
 
-def test_canary_deployment_matches_golden() -> None:
-    svc = load_case("full")
-    _check_golden("full", build_deployment(svc, track=CANARY, name="full-canary", tag="0.3.0-cpu", replicas=1))
+def test_mid_canary_children_match_golden_manifests() -> None:
+    svc = _mid_canary(load_case("full"))
+    children = planned_children(svc)
+    for child in children:
+        _check_golden("full-canary", child)
+    assert {p.name for p in (GOLDEN / "full-canary").glob("*.yaml")} == {_golden_name(c) for c in children}
+    kinds = [(c["kind"], c["metadata"]["name"]) for c in children]
+    assert ("Deployment", "full-canary") in kinds and ("HorizontalPodAutoscaler", "full-canary") in kinds
 
 
 @pytest.mark.parametrize(
@@ -66,12 +80,12 @@ def test_canary_deployment_matches_golden() -> None:
     ],
 )
 def test_optional_children_follow_the_spec(case: str, kinds: list[str]) -> None:
-    assert [c["kind"] for c in desired_children(load_case(case))] == kinds
+    assert [c["kind"] for c in planned_children(load_case(case))] == kinds
 
 
 def test_every_child_is_owned_and_labelled(case: tuple[str, PaddleModelService]) -> None:
     _, svc = case
-    for child in desired_children(svc):
+    for child in planned_children(svc):
         meta = child["metadata"]
         assert meta["namespace"] == svc.namespace
         (owner,) = meta["ownerReferences"]
@@ -211,7 +225,7 @@ def test_service_has_http_and_metrics_ports() -> None:
 def test_longest_allowed_name_fits_every_child() -> None:
     svc = load_case("full")
     svc = svc.model_copy(update={"name": "a" * MAX_NAME_LENGTH})
-    for child in desired_children(svc):
+    for child in planned_children(svc):
         # Services (and label values) are DNS-1035 labels; ConfigMap names may be DNS subdomains.
         limit = 253 if child["kind"] == "ConfigMap" else 63
         assert len(child["metadata"]["name"]) <= limit

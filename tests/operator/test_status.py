@@ -40,7 +40,7 @@ def test_ready_follows_deployment_available() -> None:
     ready = compute_status(svc, Observed(deployment=_dep(1, 1, True)), waiting, now="t1")
     assert _cond(ready, "Ready")["status"] == "True"
     assert _cond(ready, "Progressing")["status"] == "False"
-    assert ready["replicaSummary"] == "1/1" and ready["stableTag"] == "0.1.0-cpu"
+    assert ready["replicaSummary"] == "1/1" and ready["tag"] == "0.1.0-cpu"
     assert ready["observedGeneration"] == 1 and ready["url"] == "http://ppocr-rec.default.svc:8080"
 
 
@@ -61,7 +61,8 @@ def test_conditions_replaced_by_type_and_transition_time_kept() -> None:
     old = [{"type": "Ready", "status": "True", "lastTransitionTime": "t0"},
            {"type": "SLAMet", "status": "True", "lastTransitionTime": "t0"}]
     merged = merge_conditions(old, [{"type": "Ready", "status": "True", "reason": "Available"}], "t1")
-    assert [c["type"] for c in merged] == ["Ready", "SLAMet"]
+    # Only the writer's own types come back: SLAMet belongs to the SLA evaluator's field manager.
+    assert [c["type"] for c in merged] == ["Ready"]
     assert merged[0]["lastTransitionTime"] == "t0" and merged[0]["reason"] == "Available"
     flipped = merge_conditions(merged, [{"type": "Ready", "status": "False"}], "t2")
     assert flipped[0]["lastTransitionTime"] == "t2"
@@ -76,12 +77,15 @@ def test_hpa_warning_read_back() -> None:
     assert any("ScalingActive=False" in w and "FailedGetResourceMetric" in w for w in st["warnings"])
 
 
-def test_sla_summary_left_to_the_evaluator_once_measured() -> None:
+def test_reconcile_status_leaves_the_other_writers_fields_alone() -> None:
+    """One writer per field: the reconcile never writes stableTag/rollout (rollout) or sla/SLAMet."""
     svc = load_case("minimal")
-    fresh = compute_status(svc, Observed(deployment=_dep(1, 1, True)), None)
-    assert fresh["sla"] == {"targetP99Ms": 300, "summary": "-/300ms"}
-    measured = {"sla": {"p99Ms": 120.0, "targetP99Ms": 300, "summary": "120/300ms"}}
-    assert "sla" not in compute_status(svc, Observed(deployment=_dep(1, 1, True)), measured)
+    other = {"stableTag": "0.0.9", "rollout": {"phase": "Promoted"}, "sla": {"p99Ms": 120.0, "summary": "120/300ms"},
+             "conditions": [{"type": "SLAMet", "status": "True", "lastTransitionTime": "t0"}]}
+    for old in (None, other):
+        st = compute_status(svc, Observed(deployment=_dep(1, 1, True)), old)
+        assert not {"stableTag", "rollout", "sla"} & set(st)
+        assert {c["type"] for c in st["conditions"]} == {"Ready", "Available", "Progressing", "Degraded", "ReconcileError"}
 
 
 def test_unchanged_status_is_not_rewritten() -> None:

@@ -215,6 +215,8 @@ def test_adapter_rules_define_the_hpa_metrics(chart):
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("serviceMonitor.interval=often", "interval"),
         ("replicaCount=2", "replicaCount"),
+        ("settings.workers=0", "workers"),
+        ("settings.no_such_setting=1", "no_such_setting"),
     ],
 )
 def test_schema_rejects_bad_values(chart, setting: str, field: str):
@@ -226,21 +228,17 @@ def test_schema_rejects_bad_values(chart, setting: str, field: str):
 def test_chart_rbac_covers_every_call_the_operator_code_makes(chart):
     """Derived from the operator's own tables, so a new child kind without a grant fails here."""
     pytest.importorskip("kopf")
-    from paddle_operator import canary, handlers, kube, reconcile
+    from paddle_operator import kinds
     from paddle_operator.spec import GROUP, PLURAL
 
-    def key(api_version: str, plural: str) -> tuple[str, str]:
-        return (api_version.rpartition("/")[0], plural)
-
     needs: dict[tuple[str, str], set[str]] = {}
-    for (api_version, _kind), plural in kube.RESOURCES.items():
-        needs.setdefault(key(api_version, plural), set()).add("get")
+    for k in kinds.ALL:
+        needs.setdefault((k.group, k.plural), set()).add("get")
     # Applied with server-side apply (create or patch), listed and deleted when pruned.
-    for api_version, kind in [*reconcile.MANAGED_KINDS, *canary.ROUTER_KINDS]:
-        plural = kube.RESOURCES[(api_version, kind)]
-        needs.setdefault(key(api_version, plural), set()).update({"create", "patch", "list", "delete"})
-    for group, _version, plural in handlers.CHILD_RESOURCES:
-        needs.setdefault((group, plural), set()).update({"list", "watch"})
+    for k in kinds.OWNED:
+        needs.setdefault((k.group, k.plural), set()).update({"create", "patch", "list", "delete"})
+    for k in kinds.WATCHED:
+        needs.setdefault((k.group, k.plural), set()).update({"list", "watch"})
     # kopf: the watch on the resource, annotations/finalizer patches, status patches.
     needs.setdefault((GROUP, PLURAL), set()).update({"list", "watch", "patch"})
     needs[(GROUP, f"{PLURAL}/status")] = {"patch"}
@@ -279,3 +277,48 @@ def test_existing_service_account_must_be_named(chart):
     (deploy,) = _by_kind(objs, "Deployment")
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     assert {s["name"] for b in _by_kind(objs, "ClusterRoleBinding") for s in b["subjects"]} == {"ops"}
+
+
+# Settings that make no sense for the chart: in a pod the service account is used, and the image
+# decides MALLOC_ARENA_MAX.
+NOT_CHART_SETTINGS = {"kubeconfig", "malloc_arena_max"}
+
+
+def test_chart_values_expose_every_operator_setting():
+    """values.yaml and its schema list exactly OperatorSettings' fields (no helm needed)."""
+    from paddle_operator.settings import OperatorSettings
+
+    fields = set(OperatorSettings.model_fields) - NOT_CHART_SETTINGS
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["settings"]
+    schema = __import__("json").loads((CHART / "values.schema.json").read_text())
+    assert set(values) == fields
+    assert set(schema["properties"]["settings"]["properties"]) == fields
+    assert all(v is None for v in values.values()), "defaults live in OperatorSettings, not in the chart"
+
+
+def test_chart_settings_reach_the_operator_as_its_settings(chart):
+    from paddle_operator.settings import OperatorSettings
+
+    default_env = {e["name"] for e in _container(chart.render()).get("env", [])}
+    assert not any(n.startswith("PADDLE_OPERATOR_") for n in default_env), "null keeps the operator default"
+    container = _container(
+        chart.render(
+            "--set", "settings.rollout_tick_s=2",
+            "--set", "settings.workers=16",
+            "--set", "settings.prometheus_url=http://prometheus.monitoring:9090",
+        )
+    )
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("PADDLE_OPERATOR_")}
+    assert env == {
+        "PADDLE_OPERATOR_ROLLOUT_TICK_S": "2",
+        "PADDLE_OPERATOR_WORKERS": "16",
+        "PADDLE_OPERATOR_PROMETHEUS_URL": "http://prometheus.monitoring:9090",
+    }
+    # The operator reads exactly these variables into its settings.
+    from pytest import MonkeyPatch
+
+    with MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        s = OperatorSettings()
+    assert (s.rollout_tick_s, s.workers, s.prometheus_url) == (2.0, 16, "http://prometheus.monitoring:9090")

@@ -1,19 +1,16 @@
 """Pure builders: a typed PaddleModelService in, plain child manifests (dicts) out.
 
-Never import kopf or a Kubernetes client here (.importlinter holds that line). ``desired_children``
-is the one list the reconcile applies and prunes against; the rollout code extends it.
+Never import kopf or a Kubernetes client here (.importlinter holds that line). Which children a
+resource has is decided by ``plan.build_children``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..spec import PaddleModelService
 from .common import CANARY, STABLE, labels, object_meta, owner_reference, selector_labels
 from .configmap import build_configmap, runtime_settings
 from .deployment import build_deployment
 from .hpa import build_hpa
-from .pdb import build_pdb, pdb_max_unavailable
+from .pdb import build_pdb
 from .service import build_service
 
 __all__ = [
@@ -24,7 +21,6 @@ __all__ = [
     "build_hpa",
     "build_pdb",
     "build_service",
-    "desired_children",
     "labels",
     "object_meta",
     "owner_reference",
@@ -32,15 +28,3 @@ __all__ = [
     "selector_labels",
 ]
 
-
-def desired_children(svc: PaddleModelService) -> list[dict[str, Any]]:
-    """Every child the resource should have now, in apply order (config before the pods that mount it).
-
-    Children of a managed kind that are absent from this list are pruned by the reconcile.
-    """
-    children = [build_configmap(svc), build_deployment(svc), build_service(svc)]
-    if svc.spec.autoscaled:
-        children.append(build_hpa(svc))
-    if pdb_max_unavailable(svc) is not None:
-        children.append(build_pdb(svc))
-    return children

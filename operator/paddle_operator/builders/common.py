@@ -53,6 +53,7 @@ def owner_reference(svc: PaddleModelService) -> dict[str, Any]:
 
 
 def object_meta(svc: PaddleModelService, name: str, track: str | None = None) -> dict[str, Any]:
+    """Metadata of a child: name, namespace, labels, controller owner reference."""
     return {
         "name": name,
         "namespace": svc.namespace,

@@ -60,6 +60,7 @@ def runtime_settings(svc: PaddleModelService) -> dict[str, Any]:
 
 
 def build_configmap(svc: PaddleModelService) -> dict[str, Any]:
+    """The runtime ConfigMap: the settings file the runtime reads."""
     data = {
         "config.yaml": yaml.safe_dump(runtime_settings(svc), sort_keys=True),
         MODEL_URI_KEY: svc.spec.model.uri,

@@ -24,6 +24,7 @@ def pdb_max_unavailable(svc: PaddleModelService) -> int | str | None:
 
 
 def build_pdb(svc: PaddleModelService) -> dict[str, Any]:
+    """The PodDisruptionBudget of the stable track (see :func:`pdb_max_unavailable`)."""
     max_unavailable = pdb_max_unavailable(svc)
     assert max_unavailable is not None, "build_pdb needs spec.sla.availability"
     return {

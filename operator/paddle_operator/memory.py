@@ -1,0 +1,81 @@
+"""What this process last decided for each resource's rollout: its shape and state.
+
+Newer than the watch-fed ``status`` (our own write may not have come back yet), so the reconcile's
+plan prefers it; after a restart it is rebuilt from ``status`` (:func:`plan.shape_from_status`).
+Keyed by (namespace, name, uid). No I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from . import rollout as ro
+from .plan import Shape, shape_from_status
+from .spec import PaddleModelService
+
+Key = tuple[str, str, str]
+
+
+@dataclass
+class Memory:
+    """One resource's latest rollout decision, the shape last applied, and when its SLA was read."""
+
+    shape: Shape
+    state: ro.RolloutState
+    applied: Shape | None = None
+    last_sla: float = 0.0
+    events_sent: set[str] = field(default_factory=set)
+
+
+_memory: dict[Key, Memory] = {}
+_lock = threading.Lock()
+
+
+def key(svc: PaddleModelService) -> Key:
+    """The memory key of a resource."""
+    return (svc.namespace, svc.name, svc.uid)
+
+
+def get(k: Key) -> Memory | None:
+    """The memory of one resource, if this process has any."""
+    with _lock:
+        return _memory.get(k)
+
+
+def put(k: Key, mem: Memory) -> None:
+    """Record (or replace) the memory of one resource."""
+    with _lock:
+        _memory[k] = mem
+
+
+def setdefault(k: Key, mem: Memory) -> Memory:
+    """The memory of one resource, recording ``mem`` when there is none."""
+    with _lock:
+        return _memory.setdefault(k, mem)
+
+
+def current(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
+    """The rollout shape and state to build children for: memory first, else ``status``."""
+    mem = get(key(svc))
+    if mem is not None:
+        return mem.shape, mem.state
+    return shape_from_status(svc)
+
+
+def settled(namespace: str, name: str, uid: str) -> bool:
+    """This process has looked at the resource and its rollout is not in progress (nothing to time)."""
+    mem = get((namespace, name, uid))
+    return mem is not None and mem.state.phase not in ro.ACTIVE_PHASES
+
+
+def forget(namespace: str, name: str, uid: str) -> None:
+    """Drop the memory of a deleted resource."""
+    with _lock:
+        _memory.pop((namespace, name, uid), None)
+
+
+def clear() -> None:
+    """Forget everything (tests)."""
+    with _lock:
+        _memory.clear()

@@ -1,0 +1,49 @@
+"""The operator's wiring: the kinds registry drives kopf's watches, the reconcile plans from memory."""
+
+from __future__ import annotations
+
+import kopf
+
+from paddle_operator import handlers, kinds, memory, reconcile
+from paddle_operator.plan import RUNNING, Shape
+from paddle_operator.settings import OperatorSettings
+from paddle_operator.spec import PaddleModelService
+
+
+def _svc() -> PaddleModelService:
+    return PaddleModelService.from_body(
+        {
+            "metadata": {"name": "ocr", "namespace": "prod", "uid": "u-1", "generation": 2},
+            "spec": {"tag": "v2", "replicas": 4, "model": {"uri": "file:///models/m"}},
+            "status": {"stableTag": "v1"},
+        }
+    )
+
+
+def test_kopf_watches_and_filters_exactly_the_registry_child_kinds() -> None:
+    handlers.use_settings(OperatorSettings(workers=7))
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    assert {s.any_name for s in settings.watching.label_selectors} == {k.plural for k in kinds.WATCHED}
+    assert settings.execution.max_workers == 7
+    # Router kinds are owned (applied, pruned) but not watched: their CRDs are optional.
+    assert {k.kind for k in kinds.OWNED} - {k.kind for k in kinds.WATCHED} == {
+        "HTTPRoute",
+        "VirtualService",
+        "DestinationRule",
+    }
+
+
+def test_reconcile_plans_from_the_rollout_memory_before_status() -> None:
+    svc = _svc()
+    memory.clear()
+    try:
+        names = {c["metadata"]["name"] for c in reconcile.plan(svc) if c["kind"] == "Deployment"}
+        assert names == {"ocr"}  # status: stable v1, no canary yet
+        canary = Shape("v1", "v1", RUNNING, "v2", routed_weight=10, sizing_weight=10)
+        memory.put(memory.key(svc), memory.Memory(canary, memory.current(svc)[1]))
+        names = {c["metadata"]["name"] for c in reconcile.plan(svc) if c["kind"] == "Deployment"}
+        assert names == {"ocr", "ocr-canary"}
+    finally:
+        memory.clear()
+        handlers.use_settings(OperatorSettings())
