@@ -134,9 +134,14 @@ def run(settings: RuntimeSettings) -> int:
     """Blocking entry point: uvloop when available, then :func:`serve_async`."""
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    build = build_handle
+    if settings.pipeline:  # a model pipeline (ocr/) instead of one model directory
+        from .ocr.serve import build_pipeline
+
+        build = build_pipeline
     try:
         import uvloop
 
-        return uvloop.run(serve_async(settings))
+        return uvloop.run(serve_async(settings, build))
     except ImportError:
-        return asyncio.run(serve_async(settings))
+        return asyncio.run(serve_async(settings, build))
