@@ -106,7 +106,7 @@ def _box_score(pred: np.ndarray, box: np.ndarray) -> float:
     mask = np.zeros((ymax - ymin + 1, xmax - xmin + 1), dtype=np.uint8)
     b[:, 0] -= xmin
     b[:, 1] -= ymin
-    cv2.fillPoly(mask, b.reshape(1, -1, 2).astype(np.int32), 1)
+    cv2.fillPoly(mask, [b.reshape(-1, 2).astype(np.int32)], 1)
     return float(cv2.mean(pred[ymin:ymax + 1, xmin:xmax + 1], mask)[0])
 
 
