@@ -204,8 +204,10 @@ class RuntimeSettings(BaseSettings):
     """A crop classified as upside down with more confidence than this is rotated 180 degrees."""
     ocr_text_score: float = Field(0.5, ge=0, le=1)
     """Lines recognised with a lower mean probability are left out of the answer."""
-    ocr_rec_width_step: int = Field(160, ge=8)
-    """Recognition crops are padded to a multiple of this width (at least 320) so similar ones batch."""
+    ocr_rec_width_step: int = Field(0, ge=0)
+    """0: recognition crops are grouped and padded as PaddleOCR does (identical answers); N > 0: padded to
+    a multiple of N (at least 320) so similar crops of concurrent requests share batches (the padding
+    can change a space or a character)."""
     ocr_image_threads: int = Field(2, ge=1)
     """Threads for image decoding and pre/post-processing (OpenCV releases the GIL)."""
 

@@ -6,8 +6,9 @@ the stages in order.  Each stage is a :class:`~paddle_runtime.batcher.Batcher` o
 
 * det: one image per request (images of the same fitted size stack);
 * cls: every crop is 3x48x192, so crops of all concurrent requests stack up to ``max_batch_size``;
-* rec: crops are padded to their width bucket (``ocr_rec_width_step``), so same-bucket crops of one
-  image and of concurrent requests stack, and a short line does not pay for the widest one.
+* rec: by default crops go in PaddleOCR's groups (up to 6 crops of one image, padded to the
+  group's widest: answers identical to PaddleOCR); with ``ocr_rec_width_step`` > 0 they are padded
+  to width buckets instead, so same-bucket crops of one image and of concurrent requests stack.
 
 :class:`PipelineHandle` is the :class:`~paddle_runtime.batcher.ModelHandle` the server sees
 (readiness, liveness, drain, metadata with a BYTES ``image`` input); the OCR routes call
@@ -124,11 +125,9 @@ class OcrPipeline:
         return out
 
     def _rec_groups(self, crops: list[np.ndarray]) -> list[tuple[list[int], np.ndarray]]:
-        buckets: dict[int, list[int]] = {}
-        for i, c in enumerate(crops):
-            buckets.setdefault(processing.rec_width(c, step=self.s.ocr_rec_width_step), []).append(i)
-        return [(idx, np.stack([processing.rec_input(crops[i], width) for i in idx]))
-                for width, idx in sorted(buckets.items())]
+        plan = processing.rec_plan(crops, step=self.s.ocr_rec_width_step)
+        return [(idx, np.stack([processing.rec_input(crops[i], rw, width) for i, rw in zip(idx, rws, strict=True)]))
+                for idx, rws, width in plan]
 
     # ---- one request ------------------------------------------------------------------------------
     async def run(self, data: bytes) -> OcrResult:

@@ -14,9 +14,9 @@ here so the runtime owns them:
   left-to-right within a 10-pixel line;
 * perspective crop of each box (a crop 1.5x taller than wide is turned 90 degrees);
 * direction classifier input 3x48x192; a crop classified "180" above ``cls_thresh`` is rotated;
-* recognition input 3x48xW: resized to height 48 keeping the aspect ratio, padded right to the
-  crop's width bucket (a multiple of ``step``, at least ``min_width``) so crops of similar width
-  batch together;
+* recognition input 3x48xW: resized to height 48 keeping the aspect ratio (PaddleOCR's rounding),
+  zero-padded on the right as PaddleOCR pads (``rec_plan`` step 0), or to a width bucket so similar
+  crops of concurrent requests batch together (step > 0);
 * greedy CTC decoding (blank first, space last in the character list), score = mean probability.
 
 Every function takes and returns arrays; nothing here knows about Paddle or HTTP.
@@ -213,16 +213,39 @@ def cls_input(crop_img: np.ndarray, shape: tuple[int, int, int] = (3, 48, 192)) 
     return _resize_pad(crop_img, h, w, w)
 
 
-def rec_width(crop_img: np.ndarray, *, height: int = 48, min_width: int = 320, step: int = 160) -> int:
-    """The width bucket of a crop: its resized width rounded up to ``step``, at least ``min_width``."""
-    h, w = crop_img.shape[:2]
-    need = int(math.ceil(height * w / h))
-    return max(min_width, int(math.ceil(need / step) * step))
+def rec_plan(crops: list[np.ndarray], *, height: int = 48, min_width: int = 320, group: int = 6,
+             step: int = 0) -> list[tuple[list[int], list[int], int]]:
+    """How the crops of one image go to the recogniser: [(crop indices, resized widths, padded width)].
+
+    PaddleOCR sorts an image's crops by aspect ratio and runs them in groups of ``group``, padded to
+    the group's widest, ``int(height * max_ratio)`` (at least ``min_width``); a crop is resized to
+    ``ceil(height * ratio)`` capped by that, so a group's widest crop is rounded down.  The resized
+    widths are always PaddleOCR's (one pixel can change a character).  With ``step`` 0 the groups
+    and their padding are PaddleOCR's too, so the answers are identical to it (the recogniser's
+    attention sees the padding); with ``step`` > 0 crops are regrouped by padded width, rounded up
+    to a multiple of ``step``, so similar crops of one image and of concurrent requests share batches.
+    """
+    ratios = [c.shape[1] / c.shape[0] for c in crops]
+    order = [int(i) for i in np.argsort(np.array(ratios))]
+    groups: list[tuple[list[int], int]] = []
+    widths = [0] * len(crops)
+    for start in range(0, len(crops), group):
+        idx = order[start:start + group]
+        cap = int(height * max(min_width / height, *(ratios[i] for i in idx)))
+        for i in idx:
+            widths[i] = min(cap, int(math.ceil(height * ratios[i])))
+        groups.append((idx, cap))
+    if step <= 0:
+        return [(idx, [widths[i] for i in idx], cap) for idx, cap in groups]
+    buckets: dict[int, list[int]] = {}
+    for i in order:
+        buckets.setdefault(max(min_width, int(math.ceil(widths[i] / step) * step)), []).append(i)
+    return [(idx, [widths[i] for i in idx], w) for w, idx in sorted(buckets.items())]
 
 
-def rec_input(crop_img: np.ndarray, width: int, height: int = 48) -> np.ndarray:
-    """(3, 48, width) recognition input, the crop left-aligned and zero-padded."""
-    return _resize_pad(crop_img, height, width, width)
+def rec_input(crop_img: np.ndarray, resized_width: int, width: int, height: int = 48) -> np.ndarray:
+    """(3, 48, width) recognition input: the crop resized to ``resized_width``, left-aligned, zero-padded."""
+    return _resize_pad(crop_img, height, resized_width, width)
 
 
 def load_characters(path: str | Path) -> list[str]:
