@@ -16,8 +16,9 @@ $(PY):
 setup: $(PY)  ## Python environment with the project installed (editable)
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 
-system-deps:  ## Debian packages the tests run for real (Prometheus)
+system-deps:  ## Debian packages the tests run for real (Prometheus; the CJK font the OCR tests render with)
 	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null; }
 
 binaries: setup  ## build (or reuse) the pinned upstream Kubernetes binaries
 	$(PY) -m e2e.cluster build
