@@ -159,3 +159,21 @@ def test_crops_of_concurrent_requests_share_recognition_batches_in_bucket_mode(
     rows = _metric(text, "paddle_runtime_batch_size_sum", 'model="ppocr-rec"')
     batches = _metric(text, "paddle_runtime_batch_size_count", 'model="ppocr-rec"')
     assert rows == 8 and 0 < batches < 8, (rows, batches)
+
+
+def test_predict_is_the_same_image_route(ocr_server: Any, ocr_cases: list[Case]):
+    status, body = post(ocr_server.url + "/predict", _case(ocr_cases, "single-line").data)
+    assert status == 200 and [r["text"] for r in body["results"]] == ["Invoice INV-2026-0042"]
+
+
+def test_a_dictionary_that_does_not_fit_the_recogniser_fails_the_start(runtime_launcher: Any, tmp_path: Any):
+    bad = tmp_path / "keys.txt"
+    bad.write_text("".join(f"{c}\n" for c in "abcdefghij"), encoding="utf-8")
+    rp = runtime_launcher("", "--pipeline", "ppocr", "--ocr-rec-dict-file", str(bad), wait_ready=False,
+                          log_dir=tmp_path)
+    try:
+        code = rp.proc.wait(180)
+    finally:
+        rp.stop()
+    assert code == 1
+    assert "6625 classes but dictionary" in rp.log() and "gives 12" in rp.log()
