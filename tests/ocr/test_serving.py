@@ -138,10 +138,13 @@ def test_stage_timings_and_requests_are_in_the_metrics(ocr_server: Any, ocr_case
 
 def test_crops_of_concurrent_requests_share_recognition_batches_in_bucket_mode(
         runtime_launcher: Any, ocr_cases: list[Case], tmp_path: Any):
-    """With width buckets, 8 clients at once with one line each: the rec stage runs batches of several."""
+    """With width buckets, 8 clients at once with one line each: the rec stage runs batches of several.
+
+    Detection may batch up to 8 same-size images here, so crops reach recognition close together (with
+    one detection image at a time they arrive spread by the detection time)."""
     case = _case(ocr_cases, "single-line")
     rp = runtime_launcher("", "--pipeline", "ppocr", "--max-batch-size", "8", timeout=180, log_dir=tmp_path,
-                          env={"PADDLE_RUNTIME_OCR_REC_WIDTH_STEP": "160"})
+                          env={"PADDLE_RUNTIME_OCR_REC_WIDTH_STEP": "160", "PADDLE_RUNTIME_OCR_DET_MAX_BATCH_SIZE": "8"})
     try:
         answers: list[Any] = []
         threads = [threading.Thread(target=lambda: answers.append(post(rp.url + "/ocr", case.data)))
@@ -159,6 +162,19 @@ def test_crops_of_concurrent_requests_share_recognition_batches_in_bucket_mode(
     rows = _metric(text, "paddle_runtime_batch_size_sum", 'model="ppocr-rec"')
     batches = _metric(text, "paddle_runtime_batch_size_count", 'model="ppocr-rec"')
     assert rows == 8 and 0 < batches < 8, (rows, batches)
+
+
+def test_detection_runs_one_image_per_batch_by_default(ocr_server: Any, ocr_cases: list[Case]):
+    case = _case(ocr_cases, "single-line")
+    threads = [threading.Thread(target=post, args=(ocr_server.url + "/ocr", case.data)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    _, m = ocr_server.get("/metrics")
+    text = m.decode()
+    det_rows = _metric(text, "paddle_runtime_batch_size_sum", 'model="ppocr-det"')
+    assert det_rows >= 3 and det_rows == _metric(text, "paddle_runtime_batch_size_count", 'model="ppocr-det"')
 
 
 def test_predict_is_the_same_image_route(ocr_server: Any, ocr_cases: list[Case]):

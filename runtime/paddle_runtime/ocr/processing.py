@@ -83,9 +83,8 @@ def det_input(img: np.ndarray, *, limit_side_len: int = 736, limit_type: str = "
     rw = int(round(int(w * ratio) / 32) * 32)
     if rh <= 0 or rw <= 0:
         return None
-    x = cv2.resize(img, (rw, rh)).astype(np.float32)
-    x = (x * (1 / 255.0) - 0.5) / 0.5
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
+    # (x / 255 - 0.5) / 0.5 and HWC -> NCHW in one pass (a 736x3000 image is 27 MB of float32).
+    return cv2.dnn.blobFromImage(cv2.resize(img, (rw, rh)), 2 / 255.0, None, (127.5, 127.5, 127.5))
 
 
 def _mini_box(contour: np.ndarray) -> tuple[np.ndarray, float]:

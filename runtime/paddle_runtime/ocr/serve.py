@@ -66,7 +66,10 @@ def stage_dirs(settings: RuntimeSettings) -> dict[str, Path | None]:
 def _load_engine(settings: RuntimeSettings, stage: str, model_dir: Path, name: str) -> Any:
     from ..engine import PaddleEngine  # paddle is imported here, after the port is open
 
-    stage_settings = settings.model_copy(update={"model_name": f"{name}-{stage}", "model_dir": str(model_dir)})
+    update: dict[str, Any] = {"model_name": f"{name}-{stage}", "model_dir": str(model_dir)}
+    if stage == "det":
+        update["max_batch_size"] = settings.ocr_det_max_batch_size
+    stage_settings = settings.model_copy(update=update)
     eng = PaddleEngine(stage_settings, model_dir)
     eng.load()
     return eng
