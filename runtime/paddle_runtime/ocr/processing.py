@@ -84,7 +84,8 @@ def det_input(img: np.ndarray, *, limit_side_len: int = 736, limit_type: str = "
     if rh <= 0 or rw <= 0:
         return None
     # (x / 255 - 0.5) / 0.5 and HWC -> NCHW in one pass (a 736x3000 image is 27 MB of float32).
-    return cv2.dnn.blobFromImage(cv2.resize(img, (rw, rh)), 2 / 255.0, None, (127.5, 127.5, 127.5))
+    return np.asarray(cv2.dnn.blobFromImage(cv2.resize(img, (rw, rh)), scalefactor=2 / 255.0,
+                                            mean=(127.5, 127.5, 127.5)), dtype=np.float32)
 
 
 def _mini_box(contour: np.ndarray) -> tuple[np.ndarray, float]:
