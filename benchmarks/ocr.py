@@ -35,7 +35,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from serving import CACHE, ensure_bench_venv, free_port, load, log, stop, wait_http  # noqa: E402
+from serving import CACHE, ensure_bench_venv, free_port, log, stop, wait_http  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 
@@ -75,6 +75,19 @@ print(json.dumps(res))
 """
 
 
+def load(url: str, body: bytes, headers: dict[str, str], c: int, duration: float, client_cpu: str,
+         warmup: float = 1.0) -> dict:
+    """loadgen.py pinned to the client CPU; the body file is this process's own (serving.py's is shared)."""
+    bodyf = CACHE / f"bench-ocr-body-{os.getpid()}.bin"
+    bodyf.write_bytes(body)
+    cmd = ["taskset", "-c", client_cpu, sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body-file",
+           str(bodyf), "-c", str(c), "-d", str(duration), "--warmup", str(warmup)]
+    for k, v in headers.items():
+        cmd += ["--header", f"{k}:{v}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def image() -> bytes:
     from tests.ocr.render import cases
 
@@ -106,9 +119,33 @@ class Server:
     def warm(self, body: bytes) -> None:
         wait_http(self.ready, self.proc)
         load(self.url, body, {}, 4, 4.0, self.a.client_cpu, warmup=0.5)
+        self.wait_idle()
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server's whole process group (gunicorn workers included)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # pgrp: the servers run in their own session
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def wait_idle(self, timeout: float = 180.0) -> None:
+        """Let requests the load generator abandoned at the end of a window finish before the next point."""
+        deadline, last = time.monotonic() + timeout, self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = self.cpu_seconds()
+            if now - last < 0.05:
+                return
+            last = now
 
     def measure(self, c: int, body: bytes) -> dict:
         r = load(self.url, body, {}, c, self.a.duration, self.a.client_cpu, warmup=self.a.warmup)
+        self.wait_idle()
         log(f"  {self.kind:12s} c={c:<3d} {r['qps']:6.2f} img/s  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms"
             f"  errors {r['errors']}")
         return r

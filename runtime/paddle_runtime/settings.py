@@ -211,6 +211,9 @@ class RuntimeSettings(BaseSettings):
     ocr_det_max_batch_size: int = Field(1, ge=1)
     """Most images per detection batch (images of the same fitted size only). 1 on CPU: measured with
     oneDNN on one core, PP-OCRv4 det at 736x1472 costs 286 ms per image alone and 325 ms in a batch of 4."""
+    ocr_max_inflight_images: int = Field(2, ge=1)
+    """Images going through the stages at once; more wait in arrival order (the ``queue`` timing), so
+    requests finish one after another instead of all late together. Raise it with more workers/cores."""
     ocr_image_threads: int = Field(2, ge=1)
     """Threads for image decoding and pre/post-processing (OpenCV releases the GIL)."""
 

@@ -6,6 +6,7 @@ import base64
 import re
 import struct
 import threading
+import time
 import zlib
 from typing import Any
 
@@ -33,7 +34,7 @@ def test_curl_style_post_of_a_png_returns_its_text(ocr_server: Any, ocr_cases: l
     assert [r["text"] for r in body["results"]] == ["Invoice INV-2026-0042"]
     (r,) = body["results"]
     assert len(r["box"]) == 4 and all(len(p) == 2 for p in r["box"]) and 0.9 < r["score"] <= 1
-    assert {"decode", "det", "cls", "rec", "total"} <= set(body["timings_ms"])
+    assert {"queue", "decode", "det", "cls", "rec", "total"} <= set(body["timings_ms"])
     status2, body2 = post(ocr_server.url + "/v2/models/ppocr/ocr", case.data)
     assert status2 == 200 and body2["results"] == body["results"]
 
@@ -51,6 +52,27 @@ def test_a_bad_upload_is_a_4xx_naming_the_problem(ocr_server: Any, body: bytes, 
     got, answer = post(ocr_server.url + "/ocr", body)
     assert got == status, answer
     assert words in answer["error"]
+
+
+def _png(w: int, h: int, color: str = "white") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_an_image_too_thin_to_fit_is_a_400_naming_its_size(ocr_server: Any):
+    status, body = post(ocr_server.url + "/ocr", _png(5000, 1))
+    assert status == 400, body
+    assert "5000x1" in body["error"] and "too narrow" in body["error"]
+
+
+def test_an_image_without_text_answers_no_lines(ocr_server: Any):
+    status, body = post(ocr_server.url + "/ocr", _png(300, 200))
+    assert status == 200 and body["results"] == [] and body["width"] == 300
 
 
 def test_the_pipeline_keeps_serving_after_bad_uploads(ocr_server: Any, ocr_cases: list[Case]):
@@ -144,7 +166,8 @@ def test_crops_of_concurrent_requests_share_recognition_batches_in_bucket_mode(
     one detection image at a time they arrive spread by the detection time)."""
     case = _case(ocr_cases, "single-line")
     rp = runtime_launcher("", "--pipeline", "ppocr", "--max-batch-size", "8", timeout=180, log_dir=tmp_path,
-                          env={"PADDLE_RUNTIME_OCR_REC_WIDTH_STEP": "160", "PADDLE_RUNTIME_OCR_DET_MAX_BATCH_SIZE": "8"})
+                          env={"PADDLE_RUNTIME_OCR_REC_WIDTH_STEP": "160", "PADDLE_RUNTIME_OCR_DET_MAX_BATCH_SIZE": "8",
+                               "PADDLE_RUNTIME_OCR_MAX_INFLIGHT_IMAGES": "8"})
     try:
         answers: list[Any] = []
         threads = [threading.Thread(target=lambda: answers.append(post(rp.url + "/ocr", case.data)))
@@ -175,6 +198,27 @@ def test_detection_runs_one_image_per_batch_by_default(ocr_server: Any, ocr_case
     text = m.decode()
     det_rows = _metric(text, "paddle_runtime_batch_size_sum", 'model="ppocr-det"')
     assert det_rows >= 3 and det_rows == _metric(text, "paddle_runtime_batch_size_count", 'model="ppocr-det"')
+
+
+def test_concurrent_images_finish_in_arrival_order_not_all_late_together(ocr_server: Any, ocr_cases: list[Case]):
+    """Two images go through the stages at once (ocr_max_inflight_images); the rest wait their turn."""
+    case = _case(ocr_cases, "single-line")
+    done: list[tuple[float, dict]] = []
+
+    def one() -> None:
+        _, body = post(ocr_server.url + "/ocr", case.data)
+        done.append((time.perf_counter(), body))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(300)
+    queued = sorted(b["timings_ms"]["queue"] for _, b in done)
+    # The first two are admitted at once; the last waited for about four others.
+    assert queued[0] < 50 and queued[1] < 50
+    assert queued[-1] > 2 * min(b["timings_ms"]["total"] - b["timings_ms"]["queue"] for _, b in done)
 
 
 def test_predict_is_the_same_image_route(ocr_server: Any, ocr_cases: list[Case]):

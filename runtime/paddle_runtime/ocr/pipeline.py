@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import metrics
 from ..batcher import Batcher, InferResult
-from ..errors import InvalidInput, Unavailable
+from ..errors import BadRequest, InvalidInput, Unavailable
 from ..model_dir import TensorSpec
 from ..settings import RuntimeSettings
 from . import image, processing
@@ -73,10 +73,13 @@ class OcrPipeline:
         self._pool = ThreadPoolExecutor(max_workers=max(2, settings.ocr_image_threads),
                                         thread_name_prefix="ocr-image")
         self._stage_hist = {st: metrics.OCR_STAGE_DURATION.labels(st)
-                            for st in ("decode", "det_pre", "det", "det_post", "cls", "rec", "total")}
+                            for st in ("queue", "decode", "det_pre", "det", "det_post", "cls", "rec", "total")}
         self._lines_hist = metrics.OCR_LINES
         self._inflight = 0
         self._closed = False
+        # Images admitted into the stages at once; the others wait in arrival order. Without it every
+        # request advances a little at a time and all of them finish late together (processor sharing).
+        self._admit = asyncio.Semaphore(settings.ocr_max_inflight_images)
 
     @property
     def batchers(self) -> list[Batcher]:
@@ -100,7 +103,12 @@ class OcrPipeline:
         t0 = time.perf_counter()
         img = image.decode(data, max_bytes=self.s.ocr_max_image_bytes, max_pixels=self.s.ocr_max_image_pixels)
         t1 = time.perf_counter()
-        fitted = processing.fit_image(img, max_side=self.s.ocr_max_side_len)
+        try:
+            fitted = processing.fit_image(img, max_side=self.s.ocr_max_side_len)
+        except ValueError:
+            h, w = img.shape[:2]
+            raise BadRequest(f"image of {w}x{h} pixels is too narrow to read: the short side would shrink to "
+                             f"nothing when the long side is fitted to {self.s.ocr_max_side_len}") from None
         x = processing.det_input(fitted.image, limit_side_len=self.s.ocr_det_limit_side_len,
                                  limit_type=self.s.ocr_det_limit_type)
         return img, fitted, x, (t1 - t0)
@@ -136,7 +144,15 @@ class OcrPipeline:
             raise Unavailable("the runtime is shutting down")
         self._inflight += 1
         try:
-            return await self._run(data)
+            t0 = time.perf_counter()
+            async with self._admit:
+                waited = time.perf_counter() - t0
+                result = await self._run(data)
+            result.timings_ms["queue"] = waited * 1000
+            result.timings_ms["total"] += waited * 1000
+            self._stage_hist["queue"].observe(waited)
+            self._stage_hist["total"].observe(result.timings_ms["total"] / 1000)
+            return result
         finally:
             self._inflight -= 1
 
@@ -187,7 +203,8 @@ class OcrPipeline:
                         lines.append(TextLine(text, score, box.tolist()))
         t["total"] = time.perf_counter() - t0
         for k, v in t.items():
-            self._stage_hist[k].observe(v)
+            if k != "total":
+                self._stage_hist[k].observe(v)
         self._lines_hist.observe(len(lines))
         return OcrResult(lines, {k: v * 1000 for k, v in t.items()}, raw_w, raw_h)
 
