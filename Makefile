@@ -17,8 +17,9 @@ setup: $(PY)  ## Python environment with the project installed (editable)
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 
 # Prometheus; buildah, podman, mmdebstrap and gcc for the images (e2e/images.py); the real node's
-# runc, CNI plugins, iptables/nftables and conntrack (e2e/cluster/node.py).
-SYSTEM_PACKAGES := prometheus buildah podman mmdebstrap gcc libc6-dev runc containernetworking-plugins \
+# runc, CNI plugins, iptables/nftables and conntrack (e2e/cluster/node.py); the CJK font the OCR
+# tests render with (tests/ocr).
+SYSTEM_PACKAGES := prometheus fonts-wqy-microhei buildah podman mmdebstrap gcc libc6-dev runc containernetworking-plugins \
 	iptables nftables conntrack
 system-deps:  ## Debian packages the tests run for real
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

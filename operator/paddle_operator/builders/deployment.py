@@ -10,8 +10,10 @@ import json
 from typing import Any
 
 from ..spec import (
+    CLS_MODEL_DIR,
     CONFIG_DIR,
     CONFIG_FILE,
+    DET_MODEL_DIR,
     FALLBACK_MODEL_DIR,
     MAIN_MODEL_DIR,
     MODEL_ROOT,
@@ -233,6 +235,33 @@ def build_deployment(
             }
         )
 
+    pipeline_args: list[str] = []
+    if spec.pipeline is not None:
+        # spec.model is the recognition stage; the other stages are fetched (and verified) beside it.
+        stages = [("det", spec.pipeline.detection.uri, DET_MODEL_DIR)]
+        if spec.pipeline.classifier.enabled:
+            stages.append(("cls", spec.pipeline.classifier.uri, CLS_MODEL_DIR))
+        for stage, uri, dest in stages:
+            st_uri, st_mounts, st_volume = _source_args(uri, dest)
+            if st_volume is not None and st_volume["name"] not in {v["name"] for v in volumes}:
+                volumes.append(st_volume)
+            init_containers.append(
+                {
+                    "name": f"fetch-{stage}",
+                    "image": image,
+                    "imagePullPolicy": spec.image_pull_policy,
+                    "command": ["paddle-runtime"],
+                    "args": ["fetch", "--uri", st_uri, "--dest", dest, *verify_args],
+                    "env": [{"name": "HOME", "value": "/tmp"}],
+                    "volumeMounts": fetch_mounts + st_mounts,
+                    "resources": _resources(svc, with_gpu=False),
+                    "securityContext": _container_security(),
+                }
+            )
+        pipeline_args = ["--pipeline", spec.pipeline.type, "--ocr-rec-model-dir", MAIN_MODEL_DIR,
+                         "--ocr-det-model-dir", DET_MODEL_DIR,
+                         "--ocr-cls-model-dir", CLS_MODEL_DIR if spec.pipeline.classifier.enabled else "none"]
+
     runtime = {
         "name": "runtime",
         "image": image,
@@ -246,6 +275,7 @@ def build_deployment(
             CONFIG_FILE,
             "--port",
             str(RUNTIME_PORT),
+            *pipeline_args,
         ],
         "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
         "env": _engine_env(svc),
