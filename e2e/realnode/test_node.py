@@ -146,8 +146,20 @@ def test_pod_runs_on_the_real_node_and_is_reached_through_its_service(
     for addr, url in ((pod_ip, f"http://{pod_ip}:8080/"), (cluster_ip, f"http://{cluster_ip}/")):
         route = _route("route", "get", addr)
         assert route.returncode == 0, f"no route to {addr}: {route.stderr}\n{_route('route').stdout}"
-        with urllib.request.urlopen(url, timeout=10) as resp:  # pod and Service ranges: routed into the node
-            assert resp.status == 200, url
+        def get(url: str = url) -> int:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # pod and Service ranges: routed into the node
+                return resp.status
+
+        try:
+            # kube-proxy programs a new Service asynchronously; until then the node answers "unreachable".
+            assert wait_for(lambda: get() == 200, 60, f"GET {url}") is True
+        except AssertionError as exc:
+            ns = cluster.local.net.netns
+            diag = "\n".join(
+                f"$ {' '.join(c)}\n{_route(*c).stdout}"
+                for c in (("route",), ("-n", ns, "addr"), ("-n", ns, "route"), ("neigh",), ("-n", ns, "neigh"))
+            )
+            raise AssertionError(f"{url}: {exc}\n{diag}") from exc
     # exec through the kubelet: the container runs as 65532 on a read-only root.
     out = cluster.kubectl(
         "exec", "-n", namespace, pod["metadata"]["name"], "--", "python", "-c",
