@@ -246,7 +246,7 @@ class PipelineHandle:
         out = {}
         for st, b in zip(STAGES, (self.pipeline.det, self.pipeline.cls, self.pipeline.rec), strict=True):
             if b is not None:
-                out[st] = {"model": b.name, "version": b.version, "model_dir": str(b.engine.model_dir)}
+                out[st] = {"model": b.name, "version": b.version, "model_dir": str(b.engine.source)}
         return out
 
     def live(self) -> tuple[bool, str]:

@@ -29,9 +29,9 @@ import numpy as np
 import orjson
 
 from .. import metrics
-from ..errors import BadRequest, InvalidInput, RuntimeError_, Unavailable
-from ..app import App
+from ..app import InferenceApp
 from ..codec import BINARY_HEADER, MODEL_ROLE_HEADER, MODEL_VERSION_HEADER
+from ..errors import BadRequest, InvalidInput, RuntimeError_, Unavailable
 from ..transport import JSON, Request, Response
 from .pipeline import OcrResult, PipelineHandle
 
@@ -167,7 +167,7 @@ def encode_infer_response(handle: PipelineHandle, rid: str | None, results: list
 class OcrRoutes:
     """The pipeline's routes; ``handle`` is None while the stage models load (answers 503)."""
 
-    def __init__(self, app: App, name: str) -> None:
+    def __init__(self, app: InferenceApp, name: str) -> None:
         self.app = app
         self.name = name
         self.handle: PipelineHandle | None = None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
-from ..app import App
+from ..app import InferenceApp
 from ..batcher import Batcher
 from ..errors import ModelLoadError
 from ..settings import RuntimeSettings
@@ -96,7 +96,7 @@ class PipelineRuntime:
             metrics.set_model_info(eng.name, eng.version, eng.device, eng.role, loaded=False)
 
 
-async def assemble_pipeline(settings: RuntimeSettings, app: App) -> PipelineRuntime:
+async def assemble_pipeline(settings: RuntimeSettings, app: InferenceApp) -> PipelineRuntime:
     """Load the stages (in threads), start their batchers, add the OCR routes to ``app``.
 
     The OCR routes answer 503 "loading" until the stages are loaded; the auth guard is the
