@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .cli_resilience import register
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("paddle_runtime.cli", "serve a model directory over HTTP (OIP v2)"),
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     """``serve``: build the settings from flags, env and config file, then run the server."""
     from pydantic import ValidationError
 
+    # Here, not at the top: the wiring pulls in numpy, the HTTP stack and the engine module, which
+    # ``paddle-runtime --help`` and the other subcommands do not need.
     from .serve import run as serve_run
     from .settings import load_settings
 
@@ -103,8 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
     # fetch, sign, verify: three commands from one module, so they register themselves.
-    from .cli_resilience import register
-
     register(sub)
     return parser
 

@@ -39,7 +39,9 @@ class ConfigWatcher:
         self._current = settings
         self._pinned = frozenset(pinned)
         self._subscribers: list[tuple[frozenset[str], Apply]] = []
-        self._last: bytes | None = self._read()
+        # None, not the file now: the file may have changed while the model loaded, after the
+        # settings were read; the first check compares values, so an unchanged file applies nothing.
+        self._last: bytes | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 
 from .errors import EngineError, ModelLoadError
-from .model_dir import ModelFiles, TensorSpec, load_model_files, read_program_io, to_oip_datatype
+from .model_dir import (
+    NUMPY_TO_OIP,
+    ModelFiles,
+    TensorSpec,
+    load_model_files,
+    read_program_io,
+    to_oip_datatype,
+)
 from .settings import RuntimeSettings
 
 log = logging.getLogger("paddle_runtime.engine")
@@ -337,6 +344,4 @@ class PaddleEngine:
 
 
 def _oip_of(a: np.ndarray) -> str:
-    from .model_dir import NUMPY_TO_OIP
-
     return NUMPY_TO_OIP.get(a.dtype, "FP32")

@@ -122,3 +122,31 @@ def test_changed_max_batch_size_and_timeout_are_used_by_the_running_runtime(
     assert _batching(srv)["maxBatchSize"] == 2
     assert "ignoring the new" in srv.log()
     assert srv.proc.poll() is None
+
+
+def test_watcher_hands_each_subscriber_its_changes_and_keeps_flags_and_env_pinned(
+        tmp_path: Path, monkeypatch: Any, caplog: Any) -> None:
+    from paddle_runtime.config_watch import ConfigWatcher
+    from paddle_runtime.settings import load_settings
+
+    cm = MountedConfigMap(tmp_path / "config")
+    cm.write({"max_batch_size": 8, "batch_timeout_ms": 5, "fallback_window": 10, "workers": 1})
+    monkeypatch.setenv("PADDLE_RUNTIME_FALLBACK_WINDOW", "10")
+    settings = load_settings(str(cm.file), model_dir="m", batch_timeout_ms=7.0)
+    watcher = ConfigWatcher(settings, pinned={"batch_timeout_ms"})
+    got: dict[str, list[dict[str, Any]]] = {"batch": [], "fallback": []}
+    watcher.subscribe(("max_batch_size", "batch_timeout_ms"), got["batch"].append)
+    watcher.subscribe(("fallback_window",), got["fallback"].append)
+    assert watcher.check() == {}  # the file the settings were read from: nothing to apply
+
+    cm.write({"max_batch_size": 4, "batch_timeout_ms": 50, "fallback_window": 3, "workers": 2})
+    changed = watcher.check()
+    # batch_timeout_ms was a flag and fallback_window an env var: both keep their values.
+    assert changed == {"max_batch_size": 4, "workers": 2}
+    assert got == {"batch": [{"max_batch_size": 4}], "fallback": []}
+    assert watcher.current.max_batch_size == 4 and watcher.current.batch_timeout_ms == 7.0
+    assert "['workers']; these take effect only after a restart" in caplog.text
+
+    cm.write({"max_batch_size": "many"})
+    assert watcher.check() == {} and watcher.current.max_batch_size == 4
+    assert "ignoring the new" in caplog.text
