@@ -7,12 +7,14 @@ can wrap one (fallback routing) or swap its engine (hot reload) without the serv
 
 Batching policy
     A dispatcher coroutine waits for a free worker slot (one per pooled predictor), then takes the
-    oldest queued request and every queued request with the same *batch key* (same input names,
-    dtypes and non-batch dimensions: only those can be concatenated) up to ``max_batch_size`` rows.
-    It waits up to ``batch_timeout_ms`` for more rows only while other batches are running, i.e.
-    when the workers are busy anyway; an idle runtime dispatches at once, so a lone caller pays
-    no batching delay.  Under load, requests pile up while the predictor runs, so batches fill
-    without waiting.  Requests that cannot be stacked with the head (other shapes) stay queued, in
+    oldest queued request and queued requests with the same *batch key* (same input names,
+    dtypes and non-batch dimensions: only those can be concatenated) up to the *target* rows.  The
+    target is learned per batch key by :class:`~.adaptive.BatchSizeController` (the batch size with
+    the best measured throughput, never above ``max_batch_size`` and never more rows than are
+    queued), or is ``max_batch_size`` with ``adaptive_batching`` off.  It waits up to
+    ``batch_timeout_ms`` for more rows only while other batches are running, i.e. when the workers
+    are busy anyway; an idle runtime dispatches at once, so a lone caller pays no batching delay.
+    Under load, requests pile up while the predictor runs, so batches fill without waiting.  Requests that cannot be stacked with the head (other shapes) stay queued, in
     order, for a later batch; a request with ``max_batch_size`` rows or more runs alone.
     The batch is concatenated and run in a worker thread; outputs are split back by row offsets, so
     every caller gets exactly its own rows.
@@ -32,9 +34,10 @@ Backpressure
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,11 +46,14 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from . import metrics
+from .adaptive import BatchSizeController
 from .errors import EngineError, InvalidInput, QueueFull, RuntimeError_, Unavailable
 from .model_dir import TensorSpec
 from .settings import RuntimeSettings
 
 log = logging.getLogger("paddle_runtime.batcher")
+
+_MAX_KEYS = 64
 
 
 class InferResult(NamedTuple):
@@ -63,17 +69,29 @@ class ModelHandle(Protocol):
     """The only model interface the HTTP layer uses."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """Served model name."""
+        ...
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """Model version serving now."""
+        ...
     @property
-    def inputs(self) -> tuple[TensorSpec, ...]: ...
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """Input tensor specs."""
+        ...
     @property
-    def outputs(self) -> tuple[TensorSpec, ...]: ...
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """Output tensor specs."""
+        ...
     @property
-    def ready(self) -> bool: ...
+    def ready(self) -> bool:
+        """True when requests can be served."""
+        ...
     @property
-    def platform(self) -> str: ...
+    def platform(self) -> str:
+        """OIP platform string."""
+        ...
 
     def live(self) -> tuple[bool, str]:
         """(alive, reason): False when the engine is wedged."""
@@ -158,38 +176,94 @@ class Batcher:
         self._last_progress = time.monotonic()
         self._depth = metrics.QUEUE_DEPTH.labels(engine.name)
         self._batch_hist = metrics.BATCH_SIZE.labels(engine.name)
+        self._chosen_gauge = metrics.BATCH_SIZE_CHOSEN.labels(engine.name)
+        self._max_batch_size = settings.max_batch_size
+        self._max_delay_s = settings.batch_timeout_ms / 1000.0
+        self._budget_s = settings.latency_budget_ms / 1000.0 or None
+        # One controller per batch key (model shape), oldest dropped past _MAX_KEYS: dynamic shapes
+        # (OCR widths) must not grow this without bound.
+        self._controllers: OrderedDict[tuple, BatchSizeController] = OrderedDict()
 
     # ---- ModelHandle metadata (always the current engine) ----------------------------------------
     @property
     def engine(self) -> Any:
+        """The engine serving the next batch."""
         return self._engine
 
     @property
     def name(self) -> str:
+        """Served model name (the current engine's)."""
         return self._engine.name
 
     @property
     def version(self) -> str:
+        """Model version of the current engine."""
         return self._engine.version
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
+        """Input tensor specs of the current engine."""
         return self._engine.inputs
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
+        """Output tensor specs of the current engine."""
         return self._engine.outputs
 
     @property
     def max_batch_size(self) -> int:
-        return self._engine.max_batch_size if self._engine.batchable else 0
+        """Most rows per batch now (0 when the model cannot be batched)."""
+        return self._cap(self._engine) if self._engine.batchable else 0
+
+    def _cap(self, eng: Any) -> int:
+        """Most rows per batch for ``eng``: the live ``max_batch_size``, model.yaml's cap, and for
+        TensorRT the batch size its engines were built for."""
+        if not eng.batchable:
+            return 1
+        cap = self._max_batch_size
+        if eng.files.max_batch_size:
+            cap = min(cap, eng.files.max_batch_size)
+        if self.settings.tensorrt:
+            cap = min(cap, eng.max_batch_size)
+        return max(1, cap)
+
+    def set_limits(self, max_batch_size: int, max_delay_ms: float) -> None:
+        """Live change of the batch cap and of the longest wait for a batch to fill (ConfigMap)."""
+        if max_batch_size < 1 or max_delay_ms < 0:
+            raise ValueError(f"max_batch_size must be >= 1 and max_delay_ms >= 0, got {max_batch_size}, {max_delay_ms}")
+        self._max_batch_size = max_batch_size
+        self._max_delay_s = max_delay_ms / 1000.0
+        cap = self._cap(self._engine)
+        for c in self._controllers.values():
+            c.set_cap(cap)
+
+    def _controller(self, key: tuple, eng: Any) -> BatchSizeController:
+        c = self._controllers.get(key)
+        if c is None:
+            c = self._controllers[key] = BatchSizeController(self._cap(eng), self._budget_s)
+            if len(self._controllers) > _MAX_KEYS:
+                self._controllers.popitem(last=False)
+        else:
+            self._controllers.move_to_end(key)
+        return c
+
+    def batching_info(self) -> dict[str, Any]:
+        """What the batcher does now, for ``/version``: cap, delay, and the learned size per input shape."""
+        shapes = []
+        for key, c in reversed(self._controllers.items()):  # most recently used first
+            shapes.append({"inputs": {n: [-1, *dims] for n, _, dims in key}, **c.info()})
+        return {"adaptive": self.settings.adaptive_batching, "max_batch_size": self.max_batch_size,
+                "max_delay_ms": self._max_delay_s * 1000.0,
+                "latency_budget_ms": self._budget_s * 1000.0 if self._budget_s else None, "shapes": shapes}
 
     @property
     def ready(self) -> bool:
+        """True when the engine is loaded and the dispatcher runs."""
         return bool(self._engine.ready) and not self._closed and self._task is not None
 
     @property
     def queue_depth(self) -> int:
+        """Requests waiting for a batch."""
         return len(self._queue)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -207,6 +281,7 @@ class Batcher:
         if new.name != self._engine.name:
             raise ValueError(f"cannot swap model {self._engine.name} for {new.name}")
         old, self._engine = self._engine, new
+        self._controllers.clear()  # another model version: learn its costs afresh
         return old
 
     async def drain(self, timeout: float) -> bool:
@@ -231,6 +306,7 @@ class Batcher:
         return done
 
     def live(self) -> tuple[bool, str]:
+        """(alive, reason): False when batches stopped completing or the dispatcher died."""
         if (self._queue or self._running) and time.monotonic() - self._last_progress > self.settings.wedge_timeout_s:
             return False, (f"no batch completed for {time.monotonic() - self._last_progress:.0f}s while "
                            f"{len(self._queue)} request(s) wait and {self._running} batch(es) run")
@@ -240,6 +316,7 @@ class Batcher:
 
     # ---- requests -------------------------------------------------------------------------------------
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
+        """Validate, queue and await one request; raises typed errors (errors.py)."""
         if self._closed:
             raise Unavailable("the runtime is shutting down")
         if not self._engine.ready or self._task is None:
@@ -273,7 +350,7 @@ class Batcher:
         (a big request runs alone rather than never).
         """
         batch: list[_Request] = []
-        rows, keep = 0, deque()
+        rows, keep = 0, deque[_Request]()
         while self._queue and rows < room:
             r = self._queue.popleft()
             if r.future.done():  # cancelled / timed out while queued
@@ -299,10 +376,19 @@ class Batcher:
                 await self._wakeup.wait()
             eng = self._engine  # read once: the whole batch runs on this engine (one version)
             head = next(r for r in self._queue if not r.future.done())
-            limit = max(1, eng.max_batch_size) if eng.batchable else 1
+            limit = self._cap(eng)
+            ctrl = None
+            if limit > 1 and self.settings.adaptive_batching and head.key[0] != "alone":
+                ctrl = self._controller(head.key, eng)
+                available = sum(r.rows for r in self._queue if r.key == head.key and not r.future.done())
+                limit = ctrl.size(available)
+                wait_for = ctrl.chosen  # only worth waiting for company up to the learned size
+            else:
+                wait_for = limit
             batch = self._take(head.key, limit, first=True)
             rows = sum(r.rows for r in batch)
-            timeout = self.settings.batch_timeout_ms / 1000.0
+            timeout = self._max_delay_s
+            limit = max(limit, min(wait_for, self._cap(eng)))
             if eng.batchable and rows < limit and timeout > 0 and self._running > 0:
                 # Other workers are busy: a short wait for company costs nothing in throughput.
                 deadline = head.enqueued + timeout
@@ -320,17 +406,23 @@ class Batcher:
                 continue
             self._running += 1
             fut = loop.run_in_executor(self._executor, _run_batch, eng, [r.inputs for r in batch])
-            fut.add_done_callback(lambda f, b=batch, e=eng: self._finish(f, b, e))
+            fut.add_done_callback(functools.partial(self._finish, batch=batch, eng=eng, ctrl=ctrl))
 
-    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Any) -> None:
+    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Any,
+                ctrl: BatchSizeController | None = None) -> None:
         self._running -= 1
         self._last_progress = time.monotonic()
         assert self._slots is not None
         self._slots.release()
         exc = f.exception()
         if exc is None:
-            self._batch_hist.observe(sum(r.rows for r in batch))
-            for r, outs in zip(batch, f.result(), strict=True):
+            outputs, seconds = f.result()
+            rows = sum(r.rows for r in batch)
+            self._batch_hist.observe(rows)
+            if ctrl is not None and eng is self._engine:
+                ctrl.observe(rows, seconds)
+                self._chosen_gauge.set(ctrl.chosen)
+            for r, outs in zip(batch, outputs, strict=True):
                 if not r.future.done():
                     r.future.set_result(InferResult(outs, eng.version, eng.role))
         else:
@@ -341,10 +433,11 @@ class Batcher:
                     r.future.set_exception(exc)
 
 
-def _run_batch(engine: Any, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Worker thread: stack, predict, split rows back per request."""
+def _run_batch(engine: Any, requests: list[dict[str, np.ndarray]]) -> tuple[list[dict[str, np.ndarray]], float]:
+    """Worker thread: stack, predict, split rows back per request; returns them and the seconds taken."""
+    t0 = time.perf_counter()
     if len(requests) == 1:
-        return [engine.predict(requests[0])]
+        return [engine.predict(requests[0])], time.perf_counter() - t0
     names = list(requests[0])
     stacked = {n: np.concatenate([r[n] for r in requests], axis=0) for n in names}
     out = engine.predict(stacked)
@@ -355,4 +448,5 @@ def _run_batch(engine: Any, requests: list[dict[str, np.ndarray]]) -> list[dict[
         if a.ndim == 0 or a.shape[0] != total:
             # Checked at warm-up, so this means the model changed its mind for these shapes.
             raise EngineError(f"output '{n}' has {a.shape[0] if a.ndim else 0} rows for a batch of {total}")
-    return [{n: a[offsets[i]:offsets[i + 1]] for n, a in out.items()} for i in range(len(requests))]
+    split = [{n: a[offsets[i]:offsets[i + 1]] for n, a in out.items()} for i in range(len(requests))]
+    return split, time.perf_counter() - t0

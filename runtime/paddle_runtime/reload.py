@@ -561,6 +561,7 @@ async def attach_resilience(settings: RuntimeSettings, app: Any, batcher: Any) -
         d = manager.version_info()
         d["integrity_checks"] = list(checks)
         d["fallback"] = router.status() if router is not None else None
+        d["batching"] = batcher.batching_info()  # the adaptive batcher's learned size per input shape
         return d
 
     app.version_info = _LiveInfo(info)

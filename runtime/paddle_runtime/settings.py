@@ -103,6 +103,12 @@ class RuntimeSettings(BaseSettings):
     """Most rows in one dynamic batch (model.yaml ``max_batch_size`` caps it further)."""
     batch_timeout_ms: float = Field(5.0, ge=0)
     """Longest a request waits for others to fill a batch while other requests are in flight."""
+    adaptive_batching: bool = True
+    """Learn per model and input shape the batch size (up to ``max_batch_size``) with the best measured
+    throughput (adaptive.py); off = always batch up to ``max_batch_size``."""
+    latency_budget_ms: float = Field(0.0, ge=0)
+    """Latency budget for adaptive batching (the SLA's p99, ``sla.latencyP99Ms``): a batch size whose run
+    takes over half of it is not chosen; 0 = no budget beyond ``max_batch_size``."""
     max_queue_size: int = Field(256, ge=1)
     """Requests waiting for a batch; more get 503 with Retry-After."""
     single_row_predictor: bool = True
