@@ -90,11 +90,21 @@ def build_config(files: ModelFiles, s: RuntimeSettings, *, memory_optim: bool | 
     else:
         cfg.disable_gpu()
         cfg.set_cpu_math_library_num_threads(s.cpu_threads)
+        set_cpu_tensor_gc(s.cpu_tensor_gc)
         if s.mkldnn:
             cfg.enable_mkldnn()
         else:
             cfg.disable_mkldnn()
     return cfg
+
+
+def set_cpu_tensor_gc(on: bool) -> None:
+    """Turn Paddle's eager tensor garbage collector on or off (a process-wide flag, read when a
+    predictor is created).  Its thread runs after every op; with the predictor pinned to one core it
+    wakes, competes and hands back on that core (measured: benchmarks/README.md#request-path)."""
+    import paddle
+
+    paddle.set_flags({"FLAGS_eager_delete_tensor_gb": 0.0 if on else -1.0})
 
 
 def _trt_dynamic_shapes(files: ModelFiles, s: RuntimeSettings) -> tuple[dict, dict, dict] | None:

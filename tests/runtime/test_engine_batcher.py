@@ -228,3 +228,34 @@ def test_single_row_requests_run_on_predictors_that_never_saw_batches(ocr_cls_di
             np.testing.assert_allclose(eng.predict({"x": x})["softmax_0.tmp_0"], reference(ocr_cls_dir, {"x": x})["softmax_0.tmp_0"],
                                        rtol=1e-4, atol=1e-5)
     assert split._pool.qsize() == 2 and split._batch_pool.qsize() == 2  # every predictor went back
+
+
+def _cpu_ticks_of_other_threads() -> int:
+    """CPU ticks (user + system) used so far by every thread of this process except the caller."""
+    me, total = threading.get_native_id(), 0
+    for tid in Path("/proc/self/task").iterdir():
+        if int(tid.name) == me:
+            continue
+        try:
+            stat = (tid / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def test_with_cpu_tensor_gc_off_inference_uses_no_second_thread(mobilenet_v3_dir: Path) -> None:
+    # Paddle's eager tensor GC runs on its own thread after every op; on a pinned core it competes
+    # with inference.  Off (the default), a run uses only the thread that calls predict.
+    x = {"x": np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)}
+    used = {}
+    for gc in (True, False):
+        eng = _engine(mobilenet_v3_dir, cpu_tensor_gc=gc)
+        before = _cpu_ticks_of_other_threads()
+        for _ in range(150):
+            eng.predict(x)
+        used[gc] = _cpu_ticks_of_other_threads() - before
+        eng.unload()
+    assert used[True] > 0, "the GC thread did no work: this check no longer tells the settings apart"
+    assert used[False] == 0, used
