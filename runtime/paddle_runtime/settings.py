@@ -117,8 +117,9 @@ class RuntimeSettings(BaseSettings):
     max_queue_size: int = Field(256, ge=1)
     """Requests waiting for a batch; more get 503 with Retry-After."""
     single_row_predictor: bool = True
-    """Serve single-row batches on their own predictor clones (one more per worker, sharing weights):
-    a predictor that has run several batch shapes stays slower at batch 1 (PP-OCRv4 rec on CPU: +10-35 %)."""
+    """Run each batch size (1, 2, 4, ... max_batch_size) on its own predictor clones (sharing weights):
+    a predictor whose batch shapes alternate runs slower (PP-OCRv4 rec on CPU: +10-35 % at batch 1 after
+    batches, +25 % per row at batch 4 with 2/4/8 alternating)."""
     warmup_runs: int = Field(2, ge=0)
     """Warm-up inferences before the runtime reports ready."""
     wedge_timeout_s: float = Field(60.0, gt=0)
