@@ -4,23 +4,26 @@ Closed-loop load at concurrency 1, 8 and 32 on MobileNetV3-small (1x3x224x224) a
 (1x3x48x320), one image per request, float32 input:
 
 (a) raw: an in-process ``paddle.inference`` predictor at batch 1/2/4/8 (the ceiling; no HTTP);
-(b) ours: ``paddle-runtime serve`` (OIP v2, binary tensors, dynamic batching, 1 worker);
+(b) ours: ``paddle-runtime serve`` (OIP v2, binary tensors, adaptive dynamic batching up to 8, 1 worker);
+    ``ours-fixed`` is the same with ``adaptive_batching`` off (always batch up to 8);
 (c) flask: Flask + gunicorn (2 sync workers), one predictor per worker, raw float32 body, no batching;
 (d) kserve: the KServe Python model server, a minimal ``kserve.Model`` over the same predictor
     (OIP v2, binary tensors).
 
-All servers start together and are measured in turn at each concurrency (interleaved, so outside
-load spreads over all systems); the raw loop runs before and after them and the better run is the
-ceiling.  Every server and the raw loop run pinned to ``--server-cpu`` (taskset); the load generator
+All servers start together and are measured in turn at each concurrency, and the whole round is
+repeated ``--repeats`` times (interleaved, so outside load spreads over all systems); the raw loop
+runs before every round and after the last.  Each point reports the median over the repeats and the
+spread (min-max); the ceiling is the best batch size's median raw throughput.  Every server and the raw loop run pinned to ``--server-cpu`` (taskset); the load generator
 (benchmarks/loadgen.py) runs pinned to ``--client-cpu``.  All predictors use the same Config
 (oneDNN, 1 math thread).  Flask/gunicorn/KServe live in a separate venv (default
 ``~/.cache/paddle-sla/bench-venv``, created on first use) because KServe pins heavy dependencies.
 
-    python benchmarks/serving.py --quick      # ~4 s per point
-    python benchmarks/serving.py --duration 20
+    python benchmarks/serving.py --quick      # 2 repeats x 3 s per point (8 s for PP-OCR rec)
+    python benchmarks/serving.py              # 3 repeats x 10 s per point: the run the README quotes
 
 Writes ``benchmarks/results/serving[-quick].json`` and ``.png`` and prints the table with ratios.
-The machine is shared: the load average at start and end is recorded with the results.
+The machine is shared: the 1-minute load average is recorded at the start of every point, and the
+table states its range.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -92,7 +96,7 @@ def models(pv: str) -> dict[str, dict]:
         "ppocrv4_rec": {"dir": rec, "name": "ch_PP-OCRv4_rec_infer", "shape": (1, 3, 48, 320), "output": "softmax_11.tmp_0",
                         # ~10x slower per image: a closed loop at c=32 needs seconds per round, so
                         # shorter windows would count almost nothing.
-                        "min_duration": 10.0, "warmup": 3.0},
+                        "min_duration": 8.0, "warmup": 3.0},
     }
 
 
@@ -195,7 +199,8 @@ class Server:
         env = {**os.environ, "BENCH_MODEL_DIR": str(m["dir"]), "BENCH_SHAPE": ",".join(map(str, m["shape"])),
                "PYTHONUNBUFFERED": "1"}
         pin = ["taskset", "-c", a.server_cpu]
-        if kind == "ours":
+        if kind in ("ours", "ours-fixed"):
+            env["PADDLE_RUNTIME_ADAPTIVE_BATCHING"] = "true" if kind == "ours" else "false"
             cmd = [*pin, sys.executable, "-m", "paddle_runtime.cli", "serve", "--model-dir", str(m["dir"]), "--host",
                    "127.0.0.1", "--port", str(port), "--workers", "1", "--cpu-threads", "1", "--max-batch-size",
                    str(a.max_batch_size), "--batch-timeout-ms", "5", "--log-level", "WARNING"]
@@ -226,9 +231,13 @@ class Server:
 
     def measure(self, c: int) -> dict:
         duration, warmup = max(self.a.duration, self.m.get("min_duration", 0.0)), self.m.get("warmup", 1.0)
+        la = os.getloadavg()[0]
         r = load(self.url, self.body, self.headers, c, duration, self.a.client_cpu, warmup=warmup)
-        log(f"  {self.kind:6s} {self.m['name']:24s} c={c:<3d} {r['qps']:7.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-            f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}")
+        r["loadavg"] = la
+        if self.kind.startswith("ours"):
+            r["batching"] = _batching(self.ready.replace("/v2/health/ready", "/version"))
+        log(f"  {self.kind:10s} {self.m['name']:24s} c={c:<3d} {r['qps']:7.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+            f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  load {la:.1f}")
         return r
 
     def stop(self) -> None:
@@ -236,14 +245,38 @@ class Server:
         self.logf.close()
 
 
+def _batching(url: str) -> dict | None:
+    """The runtime's learned batch size per input shape (``/version``), recorded with each point."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            info = json.loads(r.read()).get("batching") or {}
+        shapes = info.get("shapes") or [{}]
+        return {"batch_size": shapes[0].get("batch_size"), "per_row_ms": shapes[0].get("per_row_ms")}
+    except (OSError, ValueError):
+        return None
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Median and spread over repeated runs of one point."""
+    def med(k: str) -> float:
+        return statistics.median(r[k] for r in runs)
+
+    return {"qps": med("qps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+            "qps_min": min(r["qps"] for r in runs), "qps_max": max(r["qps"] for r in runs),
+            "p99_min": min(r["p99_ms"] for r in runs), "p99_max": max(r["p99_ms"] for r in runs),
+            "errors": sum(r["errors"] for r in runs), "loadavg": [r["loadavg"] for r in runs], "runs": runs}
+
+
 def bench_servers(systems: list[str], m: dict, a: argparse.Namespace, venv: Path) -> dict:
-    """All systems up at once (idle ones cost nothing), measured in turn at each concurrency.
+    """All systems up at once (idle ones cost nothing), measured in turn at each concurrency, in
+    ``a.repeats`` rounds; the raw predictor runs before each round and after the last.
 
     Interleaving keeps the comparison fair on a shared machine: a burst of outside load hits
     neighbouring measurements of different systems instead of all points of one system.
     """
     servers: dict[str, Server] = {}
     res: dict = {}
+    raw_runs: list[dict] = []
     try:
         for s in systems:
             servers[s] = Server(s, m, a, venv)
@@ -254,9 +287,21 @@ def bench_servers(systems: list[str], m: dict, a: argparse.Namespace, venv: Path
                 log(f"  {s} failed to start: {e}")
                 srv.stop()
                 del servers[s]
-        for c in CONCURRENCY:
-            for s, srv in servers.items():
-                res.setdefault(s, {})[c] = srv.measure(c)
+        runs: dict = {}
+        for rnd in range(a.repeats):
+            log(f"  -- round {rnd + 1}/{a.repeats}")
+            raw_runs.append(bench_raw(m, min(a.duration, 5.0), a.server_cpu))
+            for c in CONCURRENCY:
+                for s, srv in servers.items():
+                    runs.setdefault(s, {}).setdefault(c, []).append(srv.measure(c))
+        raw_runs.append(bench_raw(m, min(a.duration, 5.0), a.server_cpu))
+        for s, by_c in runs.items():
+            res[s] = {c: summarise(rs) for c, rs in by_c.items()}
+        res["raw_runs"] = raw_runs
+        res["raw"] = {b: {"batch": b, "img_per_s": statistics.median(r[b]["img_per_s"] for r in raw_runs),
+                          "img_per_s_min": min(r[b]["img_per_s"] for r in raw_runs),
+                          "img_per_s_max": max(r[b]["img_per_s"] for r in raw_runs),
+                          "p50_ms": statistics.median(r[b]["p50_ms"] for r in raw_runs)} for b in RAW_BATCHES}
         return res
     finally:
         for srv in servers.values():
@@ -266,27 +311,38 @@ def bench_servers(systems: list[str], m: dict, a: argparse.Namespace, venv: Path
 # ---- report -----------------------------------------------------------------------------------------------
 
 
+SYSTEMS = ("ours", "ours-fixed", "flask", "kserve")
+
+
 def table(results: dict) -> str:
+    """Markdown tables: per model, median req/s [min-max], p50, p99 [min-max] per system, and the ratios."""
     lines = []
     for mname, r in results["models"].items():
         raw = r["raw"]
         best = max(raw.values(), key=lambda v: v["img_per_s"])
-        lines.append(f"\n## {mname}  (raw predictor: " + ", ".join(
-            f"batch {b} {v['img_per_s']:.0f} img/s" for b, v in sorted(raw.items())) +
-            f"; ceiling {best['img_per_s']:.0f} img/s at batch {best['batch']}; batch-1 p50 {raw[1]['p50_ms']:.2f} ms)")
-        systems = [s for s in ("ours", "flask", "kserve") if s in r]
-        hdr = f"{'conc':>4} | " + " | ".join(f"{s + ' req/s':>12} {'p50 ms':>7} {'p99 ms':>7}" for s in systems)
-        hdr += " | ours/raw | ours/flask | ours/kserve"
-        lines += [hdr, "-" * len(hdr)]
+        lines.append(f"\n### {mname}\n\nraw predictor (median of {len(r.get('raw_runs', [0]))} runs): " + ", ".join(
+            f"batch {b} {v['img_per_s']:.0f} [{v.get('img_per_s_min', v['img_per_s']):.0f}-"
+            f"{v.get('img_per_s_max', v['img_per_s']):.0f}] img/s" for b, v in sorted(raw.items())) +
+            f"; ceiling {best['img_per_s']:.0f} img/s at batch {best['batch']}; batch-1 p50 {raw[1]['p50_ms']:.2f} ms\n")
+        systems = [s for s in SYSTEMS if s in r]
+        lines.append("| c | " + " | ".join(f"{s} req/s | p50 | p99" for s in systems) +
+                     " | ours/raw | ours/flask | p99 ours/flask | batch |")
+        lines.append("|---" * (1 + 3 * len(systems) + 4) + "|")
         for c in CONCURRENCY:
-            row = f"{c:>4} | " + " | ".join(
-                f"{r[s][c]['qps']:>12.1f} {r[s][c]['p50_ms']:>7.2f} {r[s][c]['p99_ms']:>7.2f}" for s in systems)
-            ours = r["ours"][c]["qps"] if "ours" in r else float("nan")
-            row += (f" | {ours / best['img_per_s']:>7.2f}x | {_ratio(ours, r, 'flask', c):>10} | "
-                    f"{_ratio(ours, r, 'kserve', c):>11}")
-            lines.append(row)
+            cells = []
+            for s in systems:
+                v = r[s][c]
+                cells.append(f"{v['qps']:.1f} [{v.get('qps_min', v['qps']):.0f}-{v.get('qps_max', v['qps']):.0f}] | "
+                             f"{v['p50_ms']:.2f} | {v['p99_ms']:.1f} [{v.get('p99_min', v['p99_ms']):.0f}-"
+                             f"{v.get('p99_max', v['p99_ms']):.0f}]")
+            ours = r["ours"][c] if "ours" in r else None
+            ratio = f"{ours['qps'] / best['img_per_s']:.2f}x" if ours else "n/a"
+            p99r = f"{ours['p99_ms'] / r['flask'][c]['p99_ms']:.2f}" if ours and "flask" in r else "n/a"
+            sizes = sorted({(run.get("batching") or {}).get("batch_size") for run in (ours or {}).get("runs", [])} - {None})
+            lines.append(f"| {c} | " + " | ".join(cells) + f" | {ratio} | {_ratio(ours['qps'] if ours else 0, r, 'flask', c)}"
+                         f" | {p99r} | {'/'.join(map(str, sizes)) or '-'} |")
         if "ours" in r:
-            lines.append(f"c=1 p50: ours {r['ours'][1]['p50_ms']:.2f} ms vs raw batch-1 {raw[1]['p50_ms']:.2f} ms "
+            lines.append(f"\nc=1 p50: ours {r['ours'][1]['p50_ms']:.2f} ms vs raw batch-1 {raw[1]['p50_ms']:.2f} ms "
                          f"(+{r['ours'][1]['p50_ms'] - raw[1]['p50_ms']:.2f} ms)")
     return "\n".join(lines)
 
@@ -305,7 +361,7 @@ fig, axes = plt.subplots(2, len(ms), figsize=(6 * len(ms), 8), squeeze=False)
 for j, m in enumerate(ms):
     r = res["models"][m]
     best = max(v["img_per_s"] for v in r["raw"].values())
-    for s, style in (("ours", "o-"), ("flask", "s-"), ("kserve", "^-")):
+    for s, style in (("ours", "o-"), ("ours-fixed", "o--"), ("flask", "s-"), ("kserve", "^-")):
         if s in r:
             cs = sorted(int(c) for c in r[s])
             axes[0][j].plot(cs, [r[s][str(c)]["qps"] for c in cs], style, label=s)
@@ -321,18 +377,19 @@ fig.suptitle(res.get("title", "serving benchmark")); fig.tight_layout(); fig.sav
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="short runs (4 s per point, 10 s for PP-OCR rec)")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds per measured point")
+    p.add_argument("--quick", action="store_true", help="short runs (2 repeats x 3 s per point, 8 s for PP-OCR rec)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all points; the table shows medians")
     p.add_argument("--server-cpu", default="1", help="cpu list for servers and the raw loop")
     p.add_argument("--client-cpu", default="0", help="cpu list for the load generator")
-    p.add_argument("--systems", default="ours,flask,kserve")
+    p.add_argument("--systems", default="ours,ours-fixed,flask,kserve")
     p.add_argument("--models", default="mobilenet_v3_small,ppocrv4_rec")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--flask-workers", type=int, default=2)
     p.add_argument("--bench-venv", default=str(CACHE / "bench-venv"))
     a = p.parse_args()
     if a.quick:
-        a.duration = 4.0
+        a.duration, a.repeats = 3.0, 2
     if not shutil.which("taskset"):
         log("taskset not found: runs are not pinned")
     systems = a.systems.split(",")
@@ -347,19 +404,15 @@ def main() -> int:
     pv = paddle_version()
     ms = {k: v for k, v in models(pv).items() if k in a.models.split(",")}
     results: dict = {"title": f"paddle {pv}, server cpu {a.server_cpu}, client cpu {a.client_cpu}, "
-                              f"{a.duration:.0f} s/point", "duration_s": a.duration, "paddle": pv,
+                              f"{a.repeats} x {a.duration:.0f} s/point", "duration_s": a.duration,
+                     "repeats": a.repeats, "paddle": pv,
                      "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "systems": systems, "models": {}}
     for mname, m in ms.items():
         log(f"== {mname}")
-        r: dict = {"raw": bench_raw(m, min(a.duration, 5.0), a.server_cpu)}
+        r = bench_servers(systems, m, a, venv)
         for b, v in r["raw"].items():
-            log(f"  raw    batch {b}: {v['img_per_s']:.1f} img/s  p50 {v['p50_ms']:.2f} ms")
-        r.update(bench_servers(systems, m, a, venv))
-        raw_after = bench_raw(m, min(a.duration, 5.0), a.server_cpu)
-        r["raw_before"], r["raw_after"] = r["raw"], raw_after
-        # The ceiling is the better of the two raw runs bracketing the servers' measurements.
-        r["raw"] = {b: max(r["raw_before"][b], raw_after[b], key=lambda v: v["img_per_s"]) for b in RAW_BATCHES}
+            log(f"  raw    batch {b}: {v['img_per_s']:.1f} img/s (median)  p50 {v['p50_ms']:.2f} ms")
         results["models"][mname] = r
     results["loadavg_end"] = os.getloadavg()
     out_dir = HERE / "results"
@@ -370,7 +423,11 @@ def main() -> int:
     py = venv / "bin" / "python"
     if have.get("matplotlib"):
         subprocess.run([str(py), "-c", PLOT, str(jpath), str(out_dir / f"{stem}.png")], check=False)
-    print(f"# {results['title']}; load average {results['loadavg_start'][0]:.1f} -> {results['loadavg_end'][0]:.1f}")
+    las = [la for mr in results["models"].values() for s in SYSTEMS if s in mr for v in mr[s].values()
+           for la in v["loadavg"]]
+    print(f"# {results['title']}; {results['started']}; 1-min load average {results['loadavg_start'][0]:.1f} -> "
+          f"{results['loadavg_end'][0]:.1f} (range over the points {min(las, default=0):.1f}-{max(las, default=0):.1f})")
+    print("# each cell: median over the repeats [min-max]; batch: sizes the adaptive runtime had chosen")
     print(table(json.loads(jpath.read_text(), object_hook=_intkeys)))
     print(f"\nwrote {jpath} and {out_dir / (stem + '.png')}")
     return 0

@@ -11,12 +11,14 @@ Limits
 
 Batching policy
     A dispatcher coroutine waits for a free worker slot (one per pooled predictor), then takes the
-    oldest queued request and every queued request with the same *batch key* (same input names,
-    dtypes and non-batch dimensions: only those can be concatenated) up to ``max_batch_size`` rows.
-    It waits up to ``batch_timeout_ms`` for more rows only while other batches are running, i.e.
-    when the workers are busy anyway; an idle runtime dispatches at once, so a lone caller pays
-    no batching delay.  Under load, requests pile up while the predictor runs, so batches fill
-    without waiting.  Requests that cannot be stacked with the head (other shapes) stay queued, in
+    oldest queued request and queued requests with the same *batch key* (same input names,
+    dtypes and non-batch dimensions: only those can be concatenated) up to the *target* rows.  The
+    target is learned per batch key by :class:`~.adaptive.BatchSizeController` (the batch size with
+    the best measured throughput, never above ``max_batch_size`` and never more rows than are
+    queued), or is ``max_batch_size`` with ``adaptive_batching`` off.  It waits up to
+    ``batch_timeout_ms`` for more rows only while other batches are running, i.e. when the workers
+    are busy anyway; an idle runtime dispatches at once, so a lone caller pays no batching delay.
+    Under load, requests pile up while the predictor runs, so batches fill without waiting.  Requests that cannot be stacked with the head (other shapes) stay queued, in
     order, for a later batch; a request with ``max_batch_size`` rows or more runs alone.
     The batch is concatenated and run in a worker thread; outputs are split back by row offsets, so
     every caller gets exactly its own rows.
@@ -39,19 +41,23 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from . import metrics
+from .adaptive import BatchSizeController
 from .contracts import Engine, InferResult, Inputs
 from .errors import EngineError, QueueFull, RuntimeError_, Unavailable
 from .model_dir import TensorSpec
 from .settings import RuntimeSettings
 
 log = logging.getLogger("paddle_runtime.batcher")
+
+_MAX_KEYS = 64
 
 
 @dataclass(eq=False)
@@ -86,6 +92,11 @@ class Batcher:
         self._last_progress = time.monotonic()
         self._depth = metrics.QUEUE_DEPTH.labels(engine.name)
         self._batch_hist = metrics.BATCH_SIZE.labels(engine.name)
+        self._chosen_gauge = metrics.BATCH_SIZE_CHOSEN.labels(engine.name)
+        self._budget_s = settings.latency_budget_ms / 1000.0 or None
+        # One controller per batch key (model shape), oldest dropped past _MAX_KEYS: dynamic shapes
+        # (OCR widths) must not grow this without bound.
+        self._controllers: OrderedDict[tuple, BatchSizeController] = OrderedDict()
 
     # ---- ModelHandle metadata (always the current engine) ----------------------------------------
     @property
@@ -137,8 +148,30 @@ class Batcher:
         if max_batch_size < 1 or max_delay_ms < 0:
             raise ValueError(f"invalid batching limits: max_batch_size={max_batch_size}, max_delay_ms={max_delay_ms}")
         self._max_batch_size, self._max_delay_ms = int(max_batch_size), float(max_delay_ms)
+        cap = self._batch_limit(self._engine)
+        for c in self._controllers.values():
+            c.set_cap(cap)
         log.info("batching limits for %s: max_batch_size %d, batch_timeout_ms %g",
                  self.name, self._max_batch_size, self._max_delay_ms)
+
+    def _controller(self, key: tuple, eng: Engine) -> BatchSizeController:
+        c = self._controllers.get(key)
+        if c is None:
+            c = self._controllers[key] = BatchSizeController(self._batch_limit(eng), self._budget_s)
+            if len(self._controllers) > _MAX_KEYS:
+                self._controllers.popitem(last=False)
+        else:
+            self._controllers.move_to_end(key)
+        return c
+
+    def batching_info(self) -> dict[str, Any]:
+        """What the batcher does now, for ``/version``: cap, delay, and the learned size per input shape."""
+        shapes = []
+        for key, c in reversed(self._controllers.items()):  # most recently used first
+            shapes.append({"inputs": {n: [-1, *dims] for n, _, dims in key}, **c.info()})
+        return {"adaptive": self.settings.adaptive_batching, "max_batch_size": self.max_batch_size,
+                "max_delay_ms": self._max_delay_ms,
+                "latency_budget_ms": self._budget_s * 1000.0 if self._budget_s else None, "shapes": shapes}
 
     def _batch_limit(self, eng: Engine) -> int:
         cap = eng.max_rows
@@ -169,6 +202,7 @@ class Batcher:
         if new.name != self._engine.name:
             raise ValueError(f"cannot swap model {self._engine.name} for {new.name}")
         old, self._engine = self._engine, new
+        self._controllers.clear()  # another model version: learn its costs afresh
         return old
 
     async def drain(self, timeout: float) -> bool:
@@ -262,10 +296,19 @@ class Batcher:
                 await self._wakeup.wait()
             eng = self._engine  # read once: the whole batch runs on this engine (one version)
             head = next(r for r in self._queue if not r.future.done())
-            limit = self._batch_limit(eng) if eng.batchable else 1
+            cap = limit = self._batch_limit(eng) if eng.batchable else 1
+            ctrl = None
+            if limit > 1 and self.settings.adaptive_batching and head.key[0] != "alone":
+                ctrl = self._controller(head.key, eng)
+                available = sum(r.rows for r in self._queue if r.key == head.key and not r.future.done())
+                limit = ctrl.size(available)
+                wait_for = ctrl.chosen  # only worth waiting for company up to the learned size
+            else:
+                wait_for = limit
             batch = self._take(head.key, limit, first=True)
             rows = sum(r.rows for r in batch)
             timeout = self._max_delay_ms / 1000.0
+            limit = max(limit, min(wait_for, cap))
             if eng.batchable and rows < limit and timeout > 0 and self._running > 0:
                 # Other workers are busy: a short wait for company costs nothing in throughput.
                 deadline = head.enqueued + timeout
@@ -283,17 +326,23 @@ class Batcher:
                 continue
             self._running += 1
             fut = loop.run_in_executor(self._executor, _run_batch, eng, [r.inputs for r in batch])
-            fut.add_done_callback(functools.partial(self._finish, batch=batch, eng=eng))
+            fut.add_done_callback(functools.partial(self._finish, batch=batch, eng=eng, ctrl=ctrl))
 
-    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Engine) -> None:
+    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Engine,
+                ctrl: BatchSizeController | None = None) -> None:
         self._running -= 1
         self._last_progress = time.monotonic()
         assert self._slots is not None
         self._slots.release()
         exc = f.exception()
         if exc is None:
-            self._batch_hist.observe(sum(r.rows for r in batch))
-            for r, outs in zip(batch, f.result(), strict=True):
+            outputs, seconds = f.result()
+            rows = sum(r.rows for r in batch)
+            self._batch_hist.observe(rows)
+            if ctrl is not None and eng is self._engine:
+                ctrl.observe(rows, seconds)
+                self._chosen_gauge.set(ctrl.chosen)
+            for r, outs in zip(batch, outputs, strict=True):
                 if not r.future.done():
                     r.future.set_result(InferResult(outs, eng.version, eng.role))
         else:
@@ -304,10 +353,11 @@ class Batcher:
                     r.future.set_exception(exc)
 
 
-def _run_batch(engine: Engine, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Worker thread: stack, predict, split rows back per request."""
+def _run_batch(engine: Engine, requests: list[dict[str, np.ndarray]]) -> tuple[list[dict[str, np.ndarray]], float]:
+    """Worker thread: stack, predict, split rows back per request; returns them and the seconds taken."""
+    t0 = time.perf_counter()
     if len(requests) == 1:
-        return [engine.predict(requests[0])]
+        return [engine.predict(requests[0])], time.perf_counter() - t0
     names = list(requests[0])
     stacked = {n: np.concatenate([r[n] for r in requests], axis=0) for n in names}
     out = engine.predict(stacked)
@@ -318,4 +368,5 @@ def _run_batch(engine: Engine, requests: list[dict[str, np.ndarray]]) -> list[di
         if a.ndim == 0 or a.shape[0] != total:
             # Checked at warm-up, so this means the model changed its mind for these shapes.
             raise EngineError(f"output '{n}' has {a.shape[0] if a.ndim else 0} rows for a batch of {total}")
-    return [{n: a[offsets[i]:offsets[i + 1]] for n, a in out.items()} for i in range(len(requests))]
+    split = [{n: a[offsets[i]:offsets[i + 1]] for n, a in out.items()} for i in range(len(requests))]
+    return split, time.perf_counter() - t0

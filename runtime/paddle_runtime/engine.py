@@ -6,9 +6,11 @@ router use nothing else.
 
 Paddle predictors are not thread-safe, so the pool holds one predictor per worker (the first one
 created, the rest ``clone()``\\ d so they share weights) and every ``predict`` checks one out for its
-whole run.  With ``single_row_predictor`` (default) a batchable model gets a second set of clones
-for batches of 2+ rows, so single-row requests always run on predictors that never saw another
-batch shape (such predictors stay measurably faster at batch 1).  Inputs go through the zero-copy handle API (``get_input_handle().copy_from_cpu``,
+whole run.  With ``single_row_predictor`` (default) a batchable model gets a set of clones per
+batch size of the adaptive batcher's ladder (2, 4, ... ``max_batch_size``; a batch of n rows runs
+on the set of the largest size <= n), so each predictor keeps seeing one shape: a predictor whose
+batch shapes alternate runs measurably slower (PP-OCRv4 rec on one core: +25 % per row at batch 4
+with 2/4/8 alternating, +10-35 % at batch 1 after batches).  Inputs go through the zero-copy handle API (``get_input_handle().copy_from_cpu``,
 ``run()``, ``get_output_handle().copy_to_cpu``) rather than the feed/fetch op path.
 
 This module knows nothing about HTTP; it is also what ``benchmarks/serving.py`` uses for the raw
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .adaptive import ladder
 from .errors import EngineError, ModelLoadError
 from .model_dir import (
     NUMPY_TO_OIP,
@@ -92,11 +95,21 @@ def build_config(files: ModelFiles, s: RuntimeSettings, *, memory_optim: bool | 
     else:
         cfg.disable_gpu()
         cfg.set_cpu_math_library_num_threads(s.cpu_threads)
+        set_cpu_tensor_gc(s.cpu_tensor_gc)
         if s.mkldnn:
             cfg.enable_mkldnn()
         else:
             cfg.disable_mkldnn()
     return cfg
+
+
+def set_cpu_tensor_gc(on: bool) -> None:
+    """Turn Paddle's eager tensor garbage collector on or off (a process-wide flag, read when a
+    predictor is created).  Its thread runs after every op; with the predictor pinned to one core it
+    wakes, competes and hands back on that core (measured: benchmarks/README.md#request-path)."""
+    import paddle
+
+    paddle.set_flags({"FLAGS_eager_delete_tensor_gb": 0.0 if on else -1.0})
 
 
 def _trt_dynamic_shapes(files: ModelFiles, s: RuntimeSettings) -> tuple[dict, dict, dict] | None:
@@ -135,9 +148,9 @@ class PaddleEngine:
         self.warmup_seconds = 0.0
         self.memory_optim = False
         self._pool: queue.Queue[Any] = queue.Queue()
-        # Predictors for multi-row batches, kept apart from the single-row ones (see settings
-        # ``single_row_predictor``); None when not split.
-        self._batch_pool: queue.Queue[Any] | None = None
+        # Predictors for multi-row batches, one pool per batch size of the ladder, kept apart from
+        # the single-row ones (settings ``single_row_predictor``); empty when not split.
+        self._batch_pools: dict[int, queue.Queue[Any]] = {}
         self._predictors: list[Any] = []
         self._input_names: list[str] = []
         self._output_names: list[str] = []
@@ -173,10 +186,10 @@ class PaddleEngine:
         self.ready = False
         self.wait_idle(timeout)
         self._predictors.clear()
-        for pool in (self._pool, self._batch_pool):
-            while pool is not None and not pool.empty():
+        for pool in (self._pool, *self._batch_pools.values()):
+            while not pool.empty():
                 pool.get_nowait()
-        self._batch_pool = None
+        self._batch_pools = {}
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no ``predict`` is running; False when ``timeout`` passed first."""
@@ -274,15 +287,15 @@ class PaddleEngine:
                     log.warning("model %s: outputs do not follow the batch dimension; batching disabled", self.name)
                     self.batchable = False
                 else:
-                    self._run(probe, self._example(self.max_batch_size))
-                    if split:
-                        batch_preds = [probe] + [pred.clone() for _ in range(self.workers - 1)]
-                        for p in batch_preds[1:]:
-                            self._run(p, self._example(2))
-                        self._batch_pool = queue.Queue()
-                        for p in batch_preds:
-                            self._batch_pool.put(p)
-                        self._predictors.extend(batch_preds)
+                    if not split:
+                        self._run(probe, self._example(self.max_batch_size))
+                    for rung in ladder(self.max_batch_size)[1:] if split else ():
+                        preds = [probe if rung == 2 else pred.clone()] + [pred.clone() for _ in range(self.workers - 1)]
+                        self._batch_pools[rung] = queue.Queue()
+                        for p in preds:
+                            self._run(p, self._example(rung))
+                            self._batch_pools[rung].put(p)
+                        self._predictors.extend(preds)
         except Exception as e:
             raise ModelLoadError(f"warm-up inference failed for {self.files.path}: {e}") from e
         finally:
@@ -326,10 +339,10 @@ class PaddleEngine:
         with self._idle:
             self._inflight += 1
         pool = self._pool
-        if self._batch_pool is not None:
+        if self._batch_pools:
             first = next(iter(inputs.values()))
             if first.ndim and first.shape[0] > 1:
-                pool = self._batch_pool
+                pool = self._batch_pools[max(r for r in self._batch_pools if r <= first.shape[0])]
         pred = pool.get()
         try:
             return self._run(pred, inputs)

@@ -6,7 +6,7 @@ objects.  Label sets:
 
 * ``requests_total{model,version,role,code}``, ``request_duration_seconds{model,version,role}``
   (the server records one per request; ``role`` is ``main`` or ``fallback``),
-* ``batch_size{model}``, ``queue_depth{model}`` (batcher), ``inflight_requests{model}`` (server),
+* ``batch_size{model}``, ``batch_size_chosen{model}``, ``queue_depth{model}`` (batcher), ``inflight_requests{model}`` (server),
 * ``model_info{model,version,device,role}`` = 1 for each loaded engine,
 * resilience: ``active_role{role}``, ``fallback_switches_total{to}``, ``reloads_total{result}``,
 * GPU (only when NVML finds a device): ``gpu_utilization_percent{gpu}``, ``gpu_memory_used_bytes{gpu}``.
@@ -31,6 +31,8 @@ REQUEST_DURATION = Histogram("paddle_runtime_request_duration_seconds", "Inferen
                              ["model", "version", "role"], buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("paddle_runtime_batch_size", "Rows per executed batch", ["model"],
                        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
+BATCH_SIZE_CHOSEN = Gauge("paddle_runtime_batch_size_chosen",
+                          "Batch size the adaptive batcher aims for (the input shape served last)", ["model"])
 QUEUE_DEPTH = Gauge("paddle_runtime_queue_depth", "Requests waiting for a batch", ["model"])
 INFLIGHT = Gauge("paddle_runtime_inflight_requests", "Inference requests being handled", ["model"])
 MODEL_INFO = Gauge("paddle_runtime_model_info", "Loaded model (value 1)", ["model", "version", "device", "role"])

@@ -93,6 +93,8 @@ class Runtime:
             "batchTimeoutMs": self.main.batch_timeout_ms,
             "batchable": self.main.engine.batchable,
         }
+        adaptive = self.main.batching_info()  # on/off, latency budget, the learned size per input shape
+        d["batching"].update({k: adaptive[k] for k in ("adaptive", "latency_budget_ms", "shapes")})
         return d
 
     async def close(self) -> None:

@@ -219,14 +219,57 @@ def test_gpu_config_uses_device_and_pool(mobilenet_v3_dir: Path) -> None:
     assert cfg.use_gpu() and cfg.gpu_device_id() == 0 and cfg.memory_pool_init_size_mb() == 256
 
 
-def test_single_row_requests_run_on_predictors_that_never_saw_batches(ocr_cls_dir: Path, reference: Any) -> None:
-    split, shared = _engine(ocr_cls_dir, workers=2), _engine(ocr_cls_dir, workers=2, single_row_predictor=False)
-    assert len(split._predictors) == 4 and split._batch_pool is not None
-    assert len(shared._predictors) == 2 and shared._batch_pool is None
-    x1 = np.random.default_rng(9).random((1, 3, 48, 192), dtype=np.float32)
-    x4 = np.random.default_rng(9).random((4, 3, 48, 192), dtype=np.float32)
+def test_each_batch_size_runs_on_predictors_that_only_see_that_size(ocr_cls_dir: Path, reference: Any) -> None:
+    split = _engine(ocr_cls_dir, workers=2, max_batch_size=8)
+    shared = _engine(ocr_cls_dir, workers=2, max_batch_size=8, single_row_predictor=False)
+    assert sorted(split._batch_pools) == [2, 4, 8] and len(split._predictors) == 2 * 4
+    assert not shared._batch_pools and len(shared._predictors) == 2
+    seen: dict[int, set[int]] = {}  # id(predictor) -> batch rows it ran
+    run = split._run
+
+    def recording_run(pred: Any, inputs: Any) -> Any:
+        seen.setdefault(id(pred), set()).add(next(iter(inputs.values())).shape[0])
+        return run(pred, inputs)
+
+    split._run = recording_run  # type: ignore[method-assign]
+    rng = np.random.default_rng(9)
     for eng in (split, shared):
-        for x in (x1, x4, x1):
+        for rows in (1, 4, 2, 8, 1, 4, 3, 8, 2):
+            x = rng.random((rows, 3, 48, 192), dtype=np.float32)
             np.testing.assert_allclose(eng.predict({"x": x})["softmax_0.tmp_0"], reference(ocr_cls_dir, {"x": x})["softmax_0.tmp_0"],
                                        rtol=1e-4, atol=1e-5)
-    assert split._pool.qsize() == 2 and split._batch_pool.qsize() == 2  # every predictor went back
+    # Each predictor ran one size only (3 rows share the pool of 2, the largest size <= 3).
+    assert all(any(v <= size for size in ({1}, {2, 3}, {4}, {8})) for v in seen.values()), seen
+    assert {frozenset(v) for v in seen.values()} >= {frozenset({1}), frozenset({4}), frozenset({8})}
+    assert split._pool.qsize() == 2 and all(p.qsize() == 2 for p in split._batch_pools.values())  # all went back
+
+
+def _cpu_ticks_of_other_threads() -> int:
+    """CPU ticks (user + system) used so far by every thread of this process except the caller."""
+    me, total = threading.get_native_id(), 0
+    for tid in Path("/proc/self/task").iterdir():
+        if int(tid.name) == me:
+            continue
+        try:
+            stat = (tid / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def test_with_cpu_tensor_gc_off_inference_uses_no_second_thread(mobilenet_v3_dir: Path) -> None:
+    # Paddle's eager tensor GC runs on its own thread after every op; on a pinned core it competes
+    # with inference.  Off (the default), a run uses only the thread that calls predict.
+    x = {"x": np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)}
+    used = {}
+    for gc in (True, False):
+        eng = _engine(mobilenet_v3_dir, cpu_tensor_gc=gc)
+        before = _cpu_ticks_of_other_threads()
+        for _ in range(150):
+            eng.predict(x)
+        used[gc] = _cpu_ticks_of_other_threads() - before
+        eng.unload()
+    assert used[True] > 0, "the GC thread did no work: this check no longer tells the settings apart"
+    assert used[False] == 0, used

@@ -48,7 +48,8 @@ class MountedConfigMap:
 
 
 def _batching(srv: Any) -> dict[str, Any]:
-    return json.loads(srv.get("/version")[1])["batching"]
+    b = json.loads(srv.get("/version")[1])["batching"]
+    return {k: b[k] for k in ("maxBatchSize", "batchTimeoutMs", "batchable")}
 
 
 def _wait_batching(srv: Any, want: dict[str, Any], timeout: float = 30.0) -> None:
