@@ -332,7 +332,7 @@ def table(results: dict) -> str:
             cells = []
             for s in systems:
                 v = r[s][c]
-                cells.append(f"{v['qps']:.1f} [{v.get('qps_min', v['qps']):.0f}-{v.get('qps_max', v['qps']):.0f}] | "
+                cells.append(f"{v['qps']:.1f} [{v.get('qps_min', v['qps']):.1f}-{v.get('qps_max', v['qps']):.1f}] | "
                              f"{v['p50_ms']:.2f} | {v['p99_ms']:.1f} [{v.get('p99_min', v['p99_ms']):.0f}-"
                              f"{v.get('p99_max', v['p99_ms']):.0f}]")
             ours = r["ours"][c] if "ours" in r else None
