@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import faults
 from .errors import EngineError, ModelLoadError
 from .model_dir import ModelFiles, TensorSpec, load_model_files, read_program_io, to_oip_datatype
 from .settings import RuntimeSettings
@@ -295,6 +296,7 @@ class PaddleEngine:
     def _run(self, pred: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for n in self._input_names:
             pred.get_input_handle(n).copy_from_cpu(np.ascontiguousarray(inputs[n]))
+        faults.check()  # no-op unless PADDLE_RUNTIME_FAULT_INJECTION=1 (e2e tests only)
         pred.run()
         return {n: pred.get_output_handle(n).copy_to_cpu() for n in self._output_names}
 

@@ -1,0 +1,25 @@
+"""Fault injection for end-to-end tests: a switch that makes engine runs block (a wedged engine).
+
+It exists only when the process starts with ``PADDLE_RUNTIME_FAULT_INJECTION=1``; otherwise
+:func:`check` is a no-op that reads nothing. When enabled, every engine run first checks for the
+file ``PADDLE_RUNTIME_FAULT_DIR/wedge`` (default ``/tmp/paddle-runtime-faults``) and, while it
+exists, blocks, exactly as a hung CUDA kernel or a deadlocked predictor would. A test creates it
+with ``kubectl exec ... touch`` and watches the liveness probe restart the container.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+ENABLED = os.environ.get("PADDLE_RUNTIME_FAULT_INJECTION") == "1"
+WEDGE_FILE = Path(os.environ.get("PADDLE_RUNTIME_FAULT_DIR", "/tmp/paddle-runtime-faults")) / "wedge"
+
+
+def check() -> None:
+    """Block while the wedge switch is on (only in a process started with fault injection)."""
+    if not ENABLED:
+        return
+    while WEDGE_FILE.exists():
+        time.sleep(0.2)
