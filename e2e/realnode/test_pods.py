@@ -1,0 +1,244 @@
+"""What the operator's pod template promises, observed on the real kubelet: preload into the emptyDir
+(RAM disk, signature checks), a read-only root as uid 65532, model-aware probes, rollouts that lose no
+request, hot reload in place, and the first request after Ready.
+
+One operator, installed with Helm as the chart ships it, watches one restricted namespace per test.
+Figures go to stdout (``-s``) and into ``benchmarks/results/realnode.json``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import Cluster
+from e2e.demo import condition, infer, text_image
+from e2e.realnode.pods import MODEL, Load, Served, pms, record, serve_dir, signed_copy, watched_namespaces
+from e2e.util import wait_for
+
+pytestmark = pytest.mark.realnode
+
+BEHAVIOURS = ("preload", "readonly", "probe", "zero-loss", "hot-reload", "first-request")
+
+
+@pytest.fixture(scope="module")
+def served(cluster: Cluster, real_node: str) -> Iterator[dict[str, Served]]:
+    suffix = uuid.uuid4().hex[:4]
+    names = {b: f"rn-{b}-{suffix}" for b in BEHAVIOURS}
+    op_ns = f"rn-operator-{suffix}"
+    try:
+        watched_namespaces(cluster, list(names.values()), op_ns)
+        yield {b: Served(cluster, ns, op_ns) for b, ns in names.items()}
+    finally:
+        cluster.helm("uninstall", "paddle-operator", "--namespace", op_ns, check=False)
+        for ns in (*names.values(), op_ns):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+def _mounts(s: Served, pod: str) -> dict[str, str]:
+    """Mount point -> file-system type, as the runtime container sees it."""
+    out = s.exec(pod, "cat", "/proc/mounts").stdout
+    return {f[1]: f[2] for f in (line.split() for line in out.splitlines()) if len(f) >= 3}
+
+
+def test_preload_fills_a_ram_disk_serves_a_signed_model_and_a_tampered_one_fails_the_init_container(
+    served: dict[str, Served], cluster: Cluster, tmp_path: Path
+) -> None:
+    s = served["preload"]
+    # 1. preload.medium Memory: the init container copies the bundled model into a tmpfs emptyDir.
+    s.apply(pms("ram", model={"preload": {"medium": "Memory", "sizeLimit": "256Mi"}}))
+    t0 = time.monotonic()
+    s.wait_ready("ram")
+    ram_ready_s = time.monotonic() - t0
+    (pod,) = s.ready_pods("ram")
+    name = pod["metadata"]["name"]
+    init = next(c for c in pod["status"]["initContainerStatuses"] if c["name"] == "fetch-model")
+    assert init["state"]["terminated"]["exitCode"] == 0
+    mounts = _mounts(s, name)
+    assert mounts.get("/models") == "tmpfs", mounts
+    listing = s.exec(name, "ls", "/models/main/current/").stdout.split()
+    assert "inference.pdiparams" in listing, listing
+    fetched = cluster.kubectl("logs", "-n", s.ns, name, "-c", "fetch-model").stdout
+
+    # 2. A model signed with an HMAC key, served over HTTP from the host end of the node link.
+    assert cluster.local is not None and cluster.local.net is not None
+    key = tmp_path / "hmac.key"
+    key.write_text(uuid.uuid4().hex)
+    signed_copy(tmp_path / "signed", key, "s1")
+    tampered = signed_copy(tmp_path / "tampered", key, "s2")
+    # An attacker swaps bytes of the weights after signing; the manifest no longer matches.
+    weights = tampered / "inference.pdiparams"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    cluster.kubectl("create", "secret", "generic", "model-hmac", "-n", s.ns, f"--from-file=hmac.key={key}")
+    base = serve_dir(tmp_path, cluster.local.net.host_ip)
+    url = next(base)
+    try:
+        signed = {
+            "uri": f"{url}/signed/",
+            "version": "s1",
+            "signature": {"hmacKeySecretRef": {"name": "model-hmac"}},
+        }
+        s.apply(pms("signed", model=signed))
+        s.wait_ready("signed")
+        (good,) = s.ready_pods("signed")
+        logs = cluster.kubectl("logs", "-n", s.ns, good["metadata"]["name"], "-c", "fetch-model").stdout
+        assert "hmac" in logs, logs
+        address = s.address("signed")
+        text, _, _ = infer(address, MODEL, text_image())
+        assert text == "PaddleSLA 2026"
+
+        # 3. The tampered version: a new ReplicaSet whose init container fails, naming the reason.
+        s.patch("signed", {"spec": {"model": {"uri": f"{url}/tampered/", "version": "s2"}}})
+        t1 = time.monotonic()
+
+        def failed_init() -> dict | None:
+            for p in s.pods("signed"):
+                if p["metadata"]["name"] == good["metadata"]["name"]:
+                    continue
+                for c in p.get("status", {}).get("initContainerStatuses", []):
+                    term = (c.get("lastState") or {}).get("terminated") or (c.get("state") or {}).get(
+                        "terminated"
+                    )
+                    if c["name"] == "fetch-model" and term and term.get("exitCode"):
+                        return {"pod": p["metadata"]["name"], **term}
+            return None
+
+        term = wait_for(
+            failed_init, 300, "the tampered model's init container to fail", dump=s.dump, interval=2
+        )
+        fail_s = time.monotonic() - t1
+        assert term["exitCode"] == 5, term  # 5: checksum / incomplete (cli_resilience EXIT codes)
+        assert "sha256" in term.get("message", "").lower() or "checksum" in term.get("message", "").lower(), (
+            term
+        )
+        # Meanwhile the previous ReplicaSet keeps serving.
+        for _ in range(5):
+            assert infer(address, MODEL, text_image())[0] == "PaddleSLA 2026"
+        assert good["metadata"]["name"] in {p["metadata"]["name"] for p in s.ready_pods("signed")}
+        events = s.get("events", "--field-selector", f"involvedObject.name={term['pod']}")["items"]
+        backoff = [
+            e for e in events if e.get("reason") == "BackOff" and "fetch-model" in e.get("message", "")
+        ]
+        status = s.get("pms", "signed").get("status", {})
+    finally:
+        base.close()
+    record(
+        "preload",
+        {
+            "ram_disk_ready_s": round(ram_ready_s, 1),
+            "models_fs": mounts["/models"],
+            "fetch_log": fetched.strip().splitlines()[-1][:200],
+            "signed_fetch_log": logs.strip().splitlines()[-1][:200],
+            "tampered_init_exit_code": term["exitCode"],
+            "tampered_init_message": term.get("message", "")[:300],
+            "tampered_failed_after_s": round(fail_s, 1),
+            "backoff_events": len(backoff),
+            "pms_conditions": [
+                {k: c.get(k) for k in ("type", "status", "reason", "message")}
+                for c in status.get("conditions", [])
+            ],
+        },
+    )
+    assert backoff, events
+
+
+def _cap_eff(status: str) -> int:
+    m = re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.M)
+    assert m, status
+    return int(m.group(1), 16)
+
+
+def test_readonly_root_uid_65532_no_capabilities_for_runtime_and_operator(
+    served: dict[str, Served], cluster: Cluster
+) -> None:
+    s = served["readonly"]
+    s.apply(pms("ro"))
+    s.wait_ready("ro")
+    (pod,) = s.ready_pods("ro")
+    op_pods = cluster.get("pods", "-n", s.op_ns, "-l", "app.kubernetes.io/name=paddle-operator")["items"]
+    assert op_pods and all(condition(p, "Ready").get("status") == "True" for p in op_pods)
+    figures = {}
+    for ns, name, container in (
+        (s.ns, pod["metadata"]["name"], "runtime"),
+        (s.op_ns, op_pods[0]["metadata"]["name"], op_pods[0]["spec"]["containers"][0]["name"]),
+    ):
+
+        def run(*cmd: str, check: bool = True, where: tuple[str, str, str] = (ns, name, container)):
+            return cluster.kubectl("exec", "-n", where[0], where[1], "-c", where[2], "--", *cmd, check=check)
+
+        ident = run("id").stdout.strip()
+        assert re.match(r"uid=65532\b.* gid=65532\b", ident), ident
+        write = run("sh", "-c", "echo x > /probe-write", check=False)
+        assert write.returncode != 0 and "read-only file system" in write.stderr.lower(), write.stderr
+        cap = _cap_eff(run("cat", "/proc/1/status").stdout)
+        assert cap == 0, hex(cap)
+        figures[container] = {
+            "id": ident,
+            "write_to_root": write.stderr.strip()[-80:],
+            "CapEff": f"{cap:016x}",
+        }
+    record("readonly", figures)
+
+
+def test_probe_ready_only_after_load_and_warm_up_and_liveness_restarts_a_wedged_engine(
+    served: dict[str, Served], cluster: Cluster
+) -> None:
+    s = served["probe"]
+    env = [{"name": "PADDLE_RUNTIME_FAULT_INJECTION", "value": "1"}]
+    s.apply(pms("probe", env=env))
+    s.wait_ready("probe")
+    (pod,) = s.ready_pods("probe")
+    name = pod["metadata"]["name"]
+    st = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "runtime")
+    started = st["state"]["running"]["startedAt"]
+    ready_at = condition(pod, "Ready")["lastTransitionTime"]
+    log = cluster.kubectl("logs", "-n", s.ns, name, "-c", "runtime").stdout
+    # The kubelet saw the container start, then Ready only once the runtime logged load + warm-up.
+    assert started <= ready_at, (started, ready_at)
+    restarts_before = st["restartCount"]
+
+    # Wedge the engine: the next run blocks; the liveness probe (10 s x 3) must restart the container.
+    s.exec(name, "sh", "-c", "mkdir -p /tmp/paddle-runtime-faults && touch /tmp/paddle-runtime-faults/wedge")
+    address = s.address("probe")
+    t0 = time.monotonic()
+    load = Load(address, threads=1).start()
+
+    def restarted() -> dict | None:
+        p = s.get("pod", name)
+        c = next(c for c in p["status"]["containerStatuses"] if c["name"] == "runtime")
+        return c if c["restartCount"] > restarts_before else None
+
+    try:
+        c = wait_for(
+            restarted, 300, "the liveness probe to restart the wedged runtime", dump=s.dump, interval=2
+        )
+        restart_s = time.monotonic() - t0
+        wait_for(
+            lambda: s.ready_pods("probe"), 300, "the restarted runtime Ready again", dump=s.dump, interval=2
+        )
+        back_s = time.monotonic() - t0
+    finally:
+        summary = load.stop()
+    events = s.get("events", "--field-selector", f"involvedObject.name={name}")["items"]
+    unhealthy = [e for e in events if e.get("reason") == "Unhealthy" and "Liveness" in e.get("message", "")]
+    assert unhealthy, events
+    record(
+        "probe",
+        {
+            "container_started": started,
+            "pod_ready": ready_at,
+            "runtime_log_tail": log.strip().splitlines()[-3:],
+            "wedge_to_restart_s": round(restart_s, 1),
+            "wedge_to_ready_again_s": round(back_s, 1),
+            "liveness_events": [e["message"][:160] for e in unhealthy][:2],
+            "last_state": c.get("lastState", {}),
+            "load_during_wedge": summary,
+        },
+    )
