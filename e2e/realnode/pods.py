@@ -226,14 +226,16 @@ def serve_dir(root: Path, host: str) -> Iterator[str]:
         httpd.server_close()
 
 
-def signed_copy(dest: Path, key_file: Path, version: str) -> Path:
-    """The rapidocr wheel's PP-OCRv4 rec model copied to ``dest`` and signed with ``paddle-runtime sign``."""
+def signed_copy(dest: Path, key_file: Path | None, version: str) -> Path:
+    """The rapidocr wheel's PP-OCRv4 rec model copied to ``dest`` and signed with ``paddle-runtime sign``
+    (manifest only without ``key_file``)."""
     import sys
 
     shutil.copytree(rapidocr_root() / "models" / "ch_PP-OCRv4_rec_infer", dest)
     runtime = Path(sys.executable).with_name("paddle-runtime")
+    keys = ["--hmac-key-file", str(key_file)] if key_file is not None else []
     subprocess.run(
-        [str(runtime), "sign", str(dest), "--hmac-key-file", str(key_file), "--version", version],
+        [str(runtime), "sign", str(dest), *keys, "--version", version],
         check=True,
         capture_output=True,
         text=True,

@@ -242,3 +242,96 @@ def test_probe_ready_only_after_load_and_warm_up_and_liveness_restarts_a_wedged_
             "load_during_wedge": summary,
         },
     )
+
+
+def _rolled(s: Served, name: str, replicas: int, old: set[str]) -> bool:
+    """All ``replicas`` Ready pods are new (none of ``old``) and no old pod is left at all."""
+    pods = {p["metadata"]["name"] for p in s.pods(name)}
+    ready = {p["metadata"]["name"] for p in s.ready_pods(name)}
+    return len(ready) == replicas and not (ready & old) and not (pods & old)
+
+
+def _phase(s: Served, name: str, load: Load, what: str, change, replicas: int, timeout: float = 600) -> dict:
+    old = {p["metadata"]["name"] for p in s.pods(name)}
+    before_ok, before_failed = load.ok, len(load.failures)
+    t0 = time.monotonic()
+    change()
+    wait_for(
+        lambda: _rolled(s, name, replicas, old), timeout, f"{what}: new pods only", dump=s.dump, interval=1
+    )
+    # A few more seconds of load after the last old pod is gone: late failures still count.
+    time.sleep(5)
+    return {
+        "seconds": round(time.monotonic() - t0, 1),
+        "ok": load.ok - before_ok,
+        "failed": len(load.failures) - before_failed,
+    }
+
+
+def test_zero_loss_rolling_update_model_rollout_and_scale_down_then_sigkill_recovery(
+    served: dict[str, Served], cluster: Cluster, tmp_path: Path
+) -> None:
+    s = served["zero-loss"]
+    assert cluster.local is not None and cluster.local.node is not None and cluster.local.net is not None
+    # A second tag of the same runtime image, so a tag change is a real image change for the kubelet.
+    cluster.local.node.ctr(
+        "images", "tag", "--force", "ghcr.io/paddle-sla/paddle-runtime:0.1.0-cpu",
+        "ghcr.io/paddle-sla/paddle-runtime:0.1.0-cpu-b",
+    )  # fmt: skip
+    name = "zl"
+    s.apply(pms(name, replicas=2, rollout={"strategy": "Rolling"}, model={"update": "Rollout"}))
+    s.wait_ready(name, replicas=2)
+    base = serve_dir(tmp_path, cluster.local.net.host_ip)
+    url = next(base)
+    signed_copy(tmp_path / "v4b", None, "v4b")  # manifest only: a plain model directory over HTTP
+    load = Load(s.address(name), threads=2).start()
+    phases: dict[str, dict] = {}
+    try:
+        time.sleep(5)
+        phases["steady"] = {"ok": load.ok, "failed": len(load.failures)}
+        phases["tag_change"] = _phase(
+            s, name, load, "tag change", lambda: s.patch(name, {"spec": {"tag": "0.1.0-cpu-b"}}), 2
+        )
+        phases["model_rollout"] = _phase(
+            s, name, load, "model change",
+            lambda: s.patch(name, {"spec": {"model": {"uri": f"{url}/v4b/", "version": "v4b"}}}), 2,
+        )  # fmt: skip
+        before = len(load.failures)
+        t0 = time.monotonic()
+        s.patch(name, {"spec": {"replicas": 1}})
+        wait_for(lambda: len(s.pods(name)) == 1, 300, "scale down to 1 pod", dump=s.dump, interval=1)
+        time.sleep(5)
+        phases["scale_down"] = {
+            "seconds": round(time.monotonic() - t0, 1),
+            "failed": len(load.failures) - before,
+        }
+        s.patch(name, {"spec": {"replicas": 2}})
+        s.wait_ready(name, replicas=2)
+        # SIGKILL of one runtime container: not graceful, so failures are reported, not asserted.
+        vpod = s.ready_pods(name)[0]
+        victim = vpod["metadata"]["name"]
+        cid = next(c for c in vpod["status"]["containerStatuses"] if c["name"] == "runtime")["containerID"]
+        before = len(load.failures)
+        t0 = time.monotonic()
+        # From the node (PID 1 of a container ignores SIGKILL sent from inside its own PID namespace).
+        cluster.local.node.ctr("tasks", "kill", "--signal", "SIGKILL", cid.split("://", 1)[1])
+        wait_for(
+            lambda: any(
+                c["restartCount"] > 0
+                for c in s.get("pod", victim)["status"]["containerStatuses"]
+                if c["name"] == "runtime"
+            ),
+            120, "the killed container restarted", dump=s.dump, interval=0.5,
+        )  # fmt: skip
+        wait_for(lambda: len(s.ready_pods(name)) == 2, 300, "2 pods serving again", dump=s.dump, interval=0.5)
+        phases["sigkill"] = {
+            "recovery_s": round(time.monotonic() - t0, 1),
+            "failed": len(load.failures) - before,
+        }
+    finally:
+        summary = load.stop()
+        base.close()
+    record("zero_loss", {**phases, "total": summary})
+    for phase in ("tag_change", "model_rollout", "scale_down"):
+        assert phases[phase]["failed"] == 0, (phase, phases, summary["errors"])
+    assert phases["tag_change"]["ok"] > 0 and phases["model_rollout"]["ok"] > 0
