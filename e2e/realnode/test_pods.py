@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import Cluster
-from e2e.demo import condition, infer, text_image
+from e2e.demo import condition, http_get, infer, text_image
 from e2e.realnode.pods import MODEL, Load, Served, pms, record, serve_dir, signed_copy, watched_namespaces
 from e2e.util import wait_for
 
@@ -193,6 +193,23 @@ def test_probe_ready_only_after_load_and_warm_up_and_liveness_restarts_a_wedged_
     s = served["probe"]
     env = [{"name": "PADDLE_RUNTIME_FAULT_INJECTION", "value": "1"}]
     s.apply(pms("probe", env=env))
+    # Readiness as the kubelet asks it, straight at the pod IP from the moment the pod has one.
+    codes: list[tuple[float, int]] = []
+    ip: list[str] = []
+
+    def answers_200() -> bool:
+        if not ip:
+            pods = s.pods("probe")
+            if not pods or not pods[0].get("status", {}).get("podIP"):
+                return False
+            ip.append(pods[0]["status"]["podIP"])
+        code, _ = http_get(f"http://{ip[0]}:8080/v2/health/ready", timeout=2)  # refused: "not yet"
+        codes.append((time.monotonic(), code))
+        return code == 200
+
+    wait_for(answers_200, 300, "readiness 200 from the runtime", dump=s.dump, interval=0.2)
+    loading_503s = [c for _, c in codes if c == 503]
+    loading_503_s = codes[-1][0] - codes[0][0]
     s.wait_ready("probe")
     (pod,) = s.ready_pods("probe")
     name = pod["metadata"]["name"]
@@ -229,9 +246,12 @@ def test_probe_ready_only_after_load_and_warm_up_and_liveness_restarts_a_wedged_
     events = s.get("events", "--field-selector", f"involvedObject.name={name}")["items"]
     unhealthy = [e for e in events if e.get("reason") == "Unhealthy" and "Liveness" in e.get("message", "")]
     assert unhealthy, events
+    assert loading_503s, codes  # the runtime listened and said 503 until load + warm-up were done
     record(
         "probe",
         {
+            "readiness_503_while_loading": len(loading_503s),
+            "readiness_503_for_s": round(loading_503_s, 1),
             "container_started": started,
             "pod_ready": ready_at,
             "runtime_log_tail": log.strip().splitlines()[-3:],
@@ -335,3 +355,84 @@ def test_zero_loss_rolling_update_model_rollout_and_scale_down_then_sigkill_reco
     for phase in ("tag_change", "model_rollout", "scale_down"):
         assert phases[phase]["failed"] == 0, (phase, phases, summary["errors"])
     assert phases["tag_change"]["ok"] > 0 and phases["model_rollout"]["ok"] > 0
+
+
+def _served_version(address: str) -> str | None:
+    import json
+
+    code, body = http_get(f"http://{address}/version", timeout=5)
+    return json.loads(body).get("model_version") if code == 200 else None
+
+
+def test_hot_reload_changes_the_served_version_in_place_with_no_restart_and_no_failed_request(
+    served: dict[str, Served], cluster: Cluster, tmp_path: Path
+) -> None:
+    s = served["hot-reload"]
+    assert cluster.local is not None and cluster.local.net is not None
+    name = "hr"
+    s.apply(pms(name, model={"update": "HotReload"}))
+    s.wait_ready(name)
+    (pod,) = s.ready_pods(name)
+    uid = pod["metadata"]["uid"]
+    address = s.address(name)
+    v_before = _served_version(address)
+    signed_copy(tmp_path / "v4c", None, "v4c")
+    base = serve_dir(tmp_path, cluster.local.net.host_ip)
+    url = next(base)
+    load = Load(address, threads=2).start()
+    try:
+        time.sleep(3)
+        t0 = time.monotonic()
+        s.patch(name, {"spec": {"model": {"uri": f"{url}/v4c/", "version": "v4c"}}})
+        # ConfigMap volume refresh (kubelet sync, about a minute) + the sidecar's 15 s poll + fetch + swap.
+        wait_for(
+            lambda: _served_version(address) == "v4c", 300, "the pod to serve v4c", dump=s.dump, interval=1
+        )
+        swap_s = time.monotonic() - t0
+        time.sleep(5)
+    finally:
+        summary = load.stop()
+        base.close()
+    (after,) = s.pods(name)
+    restarts = {c["name"]: c["restartCount"] for c in after["status"]["containerStatuses"]}
+    record(
+        "hot_reload",
+        {
+            "version_before": v_before,
+            "version_after": "v4c",
+            "spec_change_to_served_s": round(swap_s, 1),
+            "same_uid": after["metadata"]["uid"] == uid,
+            "restart_counts": restarts,
+            "load": summary,
+        },
+    )
+    assert after["metadata"]["uid"] == uid
+    assert set(restarts.values()) == {0}, restarts
+    assert summary["failed"] == 0, summary
+    assert summary["requests"] > 0
+
+
+def test_first_request_after_ready_compared_with_the_steady_p50_on_the_real_pod(
+    served: dict[str, Served], cluster: Cluster
+) -> None:
+    s = served["first-request"]
+    name = "fr"
+    s.apply(pms(name))
+    s.wait_ready(name)
+    (pod,) = s.ready_pods(name)
+    address = f"{pod['status']['podIP']}:8080"  # the pod itself: no Service hop in the figure
+    x = text_image()
+    text, _, first_ms = infer(address, MODEL, x)
+    steady = sorted(infer(address, MODEL, x)[2] for _ in range(20))
+    p50 = steady[len(steady) // 2]
+    record(
+        "first_request",
+        {
+            "first_ms": round(first_ms, 1),
+            "steady_p50_ms": round(p50, 1),
+            "ratio": round(first_ms / p50, 2),
+            "target_ratio": 2.0,
+            "input_shape": list(x.shape),
+        },
+    )
+    assert text == "PaddleSLA 2026"
