@@ -233,6 +233,8 @@ class App:
         self.settings = settings
         self.handle: ModelHandle | None = handle
         self.shutting_down = False
+        # SIGTERM seen: readiness says 503 so endpoints drop the pod; inference is still served.
+        self.draining = False
         self.load_error: str | None = None
         self.before_request: list[Callable[[Request], Awaitable[None]]] = []
         self.version_info: dict[str, Any] = {}
@@ -254,7 +256,7 @@ class App:
 
     @property
     def is_ready(self) -> bool:
-        return not self.shutting_down and self.handle is not None and self.handle.ready
+        return not (self.shutting_down or self.draining) and self.handle is not None and self.handle.ready
 
     # ---- dispatch: the one place errors become responses ----------------------------------------------
     async def dispatch(self, req: Request) -> Response:
