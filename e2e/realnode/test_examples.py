@@ -37,13 +37,15 @@ def _local_uri(uri: str) -> str:
     return BUNDLED + LOCAL_MODEL["det" if "_det_" in uri else "rec"]
 
 
-def cpu_local_variant(doc: dict[str, Any], signed_url: str | None) -> dict[str, Any]:
-    """The example as it can run on this machine (see the module docstring)."""
+def cpu_local_variant(doc: dict[str, Any], served_url: str) -> dict[str, Any]:
+    """The example as it can run on this machine (see the module docstring). ``served_url``: a copy
+    of the rec model (signed when the example asks for a signature) served from the host."""
     doc = copy.deepcopy(doc)
     spec = doc["spec"]
     model = spec["model"]
-    if "signature" in model and signed_url:
-        model["uri"] = signed_url
+    if "signature" in model or "fallback" in spec:
+        # Signed models come over HTTP; a fallback must differ from the main URI (the CRD says so).
+        model["uri"] = served_url
     else:
         model["uri"] = _local_uri(model["uri"])
     if "fallback" in spec:
@@ -97,18 +99,16 @@ def test_example_reconciles_onto_the_real_node_with_ready_pods(
     ]
     services = [d for d in docs if d.get("kind") == "PaddleModelService"]
     assert services, example
-    base: Iterator[str] | None = None
-    signed_url = None
+    assert cluster.local is not None and cluster.local.net is not None
+    base = serve_dir(tmp_path / "www", cluster.local.net.host_ip)
+    served_url = f"{next(base)}/model/"
     try:
+        key = None
         for d in services:
             sig = (d["spec"]["model"].get("signature") or {}).get("hmacKeySecretRef")
             if sig:
-                assert cluster.local is not None and cluster.local.net is not None
                 key = tmp_path / "hmac.key"
                 key.write_text(uuid.uuid4().hex)
-                signed_copy(tmp_path / "model", key, str(d["spec"]["model"].get("version", "1")))
-                base = serve_dir(tmp_path, cluster.local.net.host_ip)
-                signed_url = f"{next(base)}/model/"
                 cluster.kubectl(
                     "create", "secret", "generic", sig["name"], "-n", s.ns, f"--from-file={sig.get('key', 'hmac.key')}={key}"
                 )  # fmt: skip
@@ -118,9 +118,10 @@ def test_example_reconciles_onto_the_real_node_with_ready_pods(
                     "create", "secret", "generic", tok["name"], "-n", s.ns,
                     f"--from-literal={tok.get('key', 'token')}={uuid.uuid4().hex}",
                 )  # fmt: skip
+        signed_copy(tmp_path / "www" / "model", key, str(services[0]["spec"]["model"].get("version", "1")))
         figures = {}
         for d in services:
-            variant = cpu_local_variant(d, signed_url)
+            variant = cpu_local_variant(d, served_url)
             name = variant["metadata"]["name"]
             t0 = time.monotonic()
             s.apply(variant)
@@ -137,8 +138,7 @@ def test_example_reconciles_onto_the_real_node_with_ready_pods(
             cluster.kubectl("delete", "pms", d["metadata"]["name"], "-n", s.ns, "--wait=true", timeout=180)
         record(f"example {example}", figures)
     finally:
-        if base is not None:
-            base.close()
+        base.close()
         cluster.kubectl("delete", "secrets", "--all", "-n", s.ns, check=False)
 
 

@@ -9,6 +9,7 @@ Figures go to stdout (``-s``) and into ``benchmarks/results/realnode.json``.
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -317,13 +318,31 @@ def test_zero_loss_rolling_update_model_rollout_and_scale_down_then_sigkill_reco
             lambda: s.patch(name, {"spec": {"model": {"uri": f"{url}/v4b/", "version": "v4b"}}}), 2,
         )  # fmt: skip
         before = len(load.failures)
+        ips = [p["status"]["podIP"] for p in s.pods(name)]
+        seen: list[int] = []
+        done = threading.Event()
+
+        def watch_readiness() -> None:  # what the kubelet's readiness probe sees while one pod drains
+            while not done.is_set():
+                for ip in ips:
+                    try:
+                        seen.append(http_get(f"http://{ip}:8080/v2/health/ready", timeout=1)[0])
+                    except OSError:
+                        pass
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch_readiness, daemon=True)
+        watcher.start()
         t0 = time.monotonic()
         s.patch(name, {"spec": {"replicas": 1}})
         wait_for(lambda: len(s.pods(name)) == 1, 300, "scale down to 1 pod", dump=s.dump, interval=1)
         time.sleep(5)
+        done.set()
+        watcher.join(10)
         phases["scale_down"] = {
             "seconds": round(time.monotonic() - t0, 1),
             "failed": len(load.failures) - before,
+            "readiness_503_while_draining": seen.count(503),
         }
         s.patch(name, {"spec": {"replicas": 2}})
         s.wait_ready(name, replicas=2)
@@ -352,6 +371,7 @@ def test_zero_loss_rolling_update_model_rollout_and_scale_down_then_sigkill_reco
         summary = load.stop()
         base.close()
     record("zero_loss", {**phases, "total": summary})
+    assert phases["scale_down"]["readiness_503_while_draining"] > 0, phases
     for phase in ("tag_change", "model_rollout", "scale_down"):
         assert phases[phase]["failed"] == 0, (phase, phases, summary["errors"])
     assert phases["tag_change"]["ok"] > 0 and phases["model_rollout"]["ok"] > 0
@@ -370,7 +390,14 @@ def test_hot_reload_changes_the_served_version_in_place_with_no_restart_and_no_f
     s = served["hot-reload"]
     assert cluster.local is not None and cluster.local.net is not None
     name = "hr"
-    s.apply(pms(name, model={"update": "HotReload"}))
+    # A reload holds two engines and runs a child-process check of the candidate: 2Gi is too tight.
+    inference = {
+        "device": "cpu",
+        "cpuThreads": 1,
+        "maxBatchSize": 4,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "4Gi"}},
+    }
+    s.apply(pms(name, model={"update": "HotReload"}, inference=inference))
     s.wait_ready(name)
     (pod,) = s.ready_pods(name)
     uid = pod["metadata"]["uid"]
@@ -395,6 +422,20 @@ def test_hot_reload_changes_the_served_version_in_place_with_no_restart_and_no_f
         base.close()
     (after,) = s.pods(name)
     restarts = {c["name"]: c["restartCount"] for c in after["status"]["containerStatuses"]}
+    last = {c["name"]: c.get("lastState") for c in after["status"]["containerStatuses"] if c.get("lastState")}
+    previous = ""
+    if restarts.get("runtime"):
+        previous = s.cluster.kubectl(
+            "logs",
+            "-n",
+            s.ns,
+            after["metadata"]["name"],
+            "-c",
+            "runtime",
+            "--previous",
+            "--tail=15",
+            check=False,
+        ).stdout
     record(
         "hot_reload",
         {
@@ -403,6 +444,8 @@ def test_hot_reload_changes_the_served_version_in_place_with_no_restart_and_no_f
             "spec_change_to_served_s": round(swap_s, 1),
             "same_uid": after["metadata"]["uid"] == uid,
             "restart_counts": restarts,
+            "last_state": last,
+            "previous_log_tail": previous.strip().splitlines()[-8:],
             "load": summary,
         },
     )
