@@ -123,10 +123,15 @@ def test_preload_fills_a_ram_disk_serves_a_signed_model_and_a_tampered_one_fails
         for _ in range(5):
             assert infer(address, MODEL, text_image())[0] == "PaddleSLA 2026"
         assert good["metadata"]["name"] in {p["metadata"]["name"] for p in s.ready_pods("signed")}
-        events = s.get("events", "--field-selector", f"involvedObject.name={term['pod']}")["items"]
-        backoff = [
-            e for e in events if e.get("reason") == "BackOff" and "fetch-model" in e.get("message", "")
-        ]
+
+        def backoff_events() -> list[dict]:
+            events = s.get("events", "--field-selector", f"involvedObject.name={term['pod']}")["items"]
+            return [
+                e for e in events if e.get("reason") == "BackOff" and "fetch-model" in e.get("message", "")
+            ]
+
+        # The kubelet records BackOff once it holds the failed init container back (after a retry).
+        backoff = wait_for(backoff_events, 180, "a BackOff event for fetch-model", dump=s.dump, interval=2)
         status = s.get("pms", "signed").get("status", {})
     finally:
         base.close()
@@ -147,7 +152,6 @@ def test_preload_fills_a_ram_disk_serves_a_signed_model_and_a_tampered_one_fails
             ],
         },
     )
-    assert backoff, events
 
 
 def _cap_eff(status: str) -> int:
