@@ -90,6 +90,8 @@ class InferenceApp(App):
         self.settings = settings
         self.handle: ModelHandle | None = None
         self.shutting_down = False
+        # SIGTERM seen: readiness says 503 so endpoints drop the pod; inference is still served.
+        self.draining = False
         self.load_error: str | None = None
         self.version_info: Callable[[], dict[str, Any]] = dict
         self._inflight_gauges: dict[str, Any] = {}
@@ -119,7 +121,7 @@ class InferenceApp(App):
     @property
     def is_ready(self) -> bool:
         """Ready for traffic: a model is loaded and ready and no shutdown has begun."""
-        return not self.shutting_down and self.handle is not None and self.handle.ready
+        return not (self.shutting_down or self.draining) and self.handle is not None and self.handle.ready
 
     async def unrouted(self, req: Request) -> Response:
         """``/v2/models/{name}[/versions/{v}][/ready|/infer]``, else 404/405."""

@@ -14,10 +14,12 @@ init container and the server is enough.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from paddle_runtime import fetch as fetch_mod
 from paddle_runtime import integrity
@@ -118,6 +120,18 @@ def _log_setup() -> None:
     )
 
 
+# Kubernetes' default terminationMessagePath: what is written there becomes the container's
+# `state.terminated.message` in the pod status (the kubelet mounts it writable on a read-only root).
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _termination_message(msg: str) -> None:
+    """Leave the failure where the kubelet reports it, when running in a pod."""
+    if TERMINATION_LOG.is_file():
+        with contextlib.suppress(OSError):
+            TERMINATION_LOG.write_text(msg[:4000])
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     """``fetch``: copy, verify and switch ``current``; the exit code names the failure."""
     _log_setup()
@@ -139,6 +153,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         code, msg = fetch_mod.describe_failure(exc)
         log.debug("fetch failure", exc_info=True)
         print(msg, file=sys.stderr)
+        _termination_message(msg)
         return code
     print(
         f"fetched {args.uri} -> {result.path} (version {result.version}; checks: {', '.join(result.checks) or 'none'})"

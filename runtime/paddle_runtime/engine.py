@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from . import wedge
 from .adaptive import ladder
 from .errors import EngineError, ModelLoadError
 from .model_dir import (
@@ -325,6 +326,7 @@ class PaddleEngine:
     def _run(self, pred: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for n in self._input_names:
             pred.get_input_handle(n).copy_from_cpu(np.ascontiguousarray(inputs[n]))
+        wedge.check()  # no-op unless PADDLE_RUNTIME_FAULT_INJECTION=1 (e2e tests only)
         pred.run()
         return {n: pred.get_output_handle(n).copy_to_cpu() for n in self._output_names}
 

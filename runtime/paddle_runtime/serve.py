@@ -241,6 +241,10 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
 
     await waiter
     log.info("shutdown requested: draining (up to %.0fs)", settings.shutdown_timeout_s)
+    # Keep serving (readiness 503, every response closing its connection) until the endpoint
+    # change has reached the proxies, so keep-alive clients reconnect elsewhere instead of failing.
+    app.draining = server.closing = True
+    await asyncio.sleep(settings.drain_delay_s)
     app.begin_shutdown()
     await server.stop_accepting()
     t1 = time.perf_counter()

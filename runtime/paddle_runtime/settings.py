@@ -124,6 +124,8 @@ class RuntimeSettings(BaseSettings):
     """Warm-up inferences before the runtime reports ready."""
     wedge_timeout_s: float = Field(60.0, gt=0)
     """Liveness fails when requests have waited this long without any batch completing."""
+    drain_delay_s: float = Field(3.0, ge=0)
+    """On SIGTERM: seconds of serving with readiness 503 and ``connection: close`` before new work is refused."""
     shutdown_timeout_s: float = Field(25.0, ge=0)
     """On SIGTERM: how long queued and in-flight requests get to finish."""
     request_timeout_s: float = Field(60.0, gt=0)
