@@ -18,7 +18,15 @@ from pathlib import Path
 from .binaries import BINARIES, NODE_BINARIES, _stderr_log, bin_dir
 from .node import NodeNetwork, RealNode, claim_network, release_network
 from .pki import SERVICE_IP, _kubeconfig, _write_pki
-from .procs import ClusterStartError, _die_with_parent, _free_port, _pid_alive, _pid_is, _tail
+from .procs import (
+    ClusterStartError,
+    _die_with_parent,
+    _free_port,
+    _pid_alive,
+    _pid_is,
+    check_alive,
+    wait_until,
+)
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
@@ -139,27 +147,10 @@ class LocalCluster:
         self._save()  # every PID on disk the moment it exists: `down` can always find it
 
     def _check_alive(self) -> None:
-        for name, pid in self.pids.items():
-            proc = self._procs.get(name)
-            dead = proc.poll() is not None if proc else not _pid_alive(pid)
-            if dead:
-                raise ClusterStartError(
-                    f"{name} exited during start-up; last log lines:\n{_tail(self.logs / f'{name}.log')}"
-                )
+        check_alive(self.pids, self._procs, self.logs)
 
     def _wait(self, what: str, check: Callable[[], bool], timeout: float, log_of: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive()
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            if time.monotonic() > deadline:
-                raise ClusterStartError(
-                    f"timed out after {timeout:.0f}s waiting for {what}; last {log_of} log lines:\n"
-                    f"{_tail(self.logs / f'{log_of}.log')}"
-                )
-            time.sleep(0.25)
+        wait_until(what, check, timeout, self._check_alive, self.logs / f"{log_of}.log", 0.25)
 
     def _ssl(self, verify: bool = True) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))

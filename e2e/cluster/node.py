@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .binaries import _stderr_log, cache_dir
 from .pki import _kubeconfig, issue
-from .procs import ClusterStartError, _die_with_parent, _pid_alive, _tail
+from .procs import ClusterStartError, _die_with_parent, _pid_alive, check_alive, wait_until
 
 SLOTS = 8
 NETNS_PREFIX = "psla-node-"
@@ -571,25 +571,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         self.pids[name] = proc.pid
 
     def _check_alive(self) -> None:
-        for name, proc in self._procs.items():
-            if proc.poll() is not None:
-                raise ClusterStartError(
-                    f"{name} exited during start-up; last log lines:\n{_tail(self.logs / f'{name}.log')}"
-                )
+        check_alive(self.pids, self._procs, self.logs)
 
     def _wait(self, what: str, check: Callable[[], bool], timeout: float, log_of: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive()
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            if time.monotonic() > deadline:
-                raise ClusterStartError(
-                    f"timed out after {timeout:.0f}s waiting for {what}; last {log_of} log lines:\n"
-                    f"{_tail(self.logs / f'{log_of}.log')}"
-                )
-            time.sleep(0.5)
+        wait_until(what, check, timeout, self._check_alive, self.logs / f"{log_of}.log", 0.5)
 
     def ctr(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """``ctr`` against this node's containerd, in the CRI namespace."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -51,3 +55,28 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 class ClusterStartError(RuntimeError):
     """The local control plane did not come up; the message carries the relevant log tail."""
+
+
+def check_alive(pids: Mapping[str, int], procs: Mapping[str, subprocess.Popen], logs: Path) -> None:
+    """Raise :class:`ClusterStartError` with its log tail if one of the processes has exited."""
+    for name, pid in pids.items():
+        proc = procs.get(name)
+        if proc.poll() is not None if proc else not _pid_alive(pid):
+            raise ClusterStartError(f"{name} exited during start-up; last log lines:\n{_tail(logs / f'{name}.log')}")
+
+
+def wait_until(
+    what: str, check: Callable[[], bool], timeout: float, alive: Callable[[], None], log: Path, interval: float
+) -> None:
+    """Poll ``check`` (exceptions count as "not yet") while ``alive()`` passes; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive()
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise ClusterStartError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last {log.stem} log lines:\n{_tail(log)}"
+            )
+        time.sleep(interval)
