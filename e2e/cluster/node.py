@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .binaries import _stderr_log, cache_dir
+from .binaries import _stderr_log
 from .pki import _kubeconfig, issue
 from .procs import ClusterStartError, _die_with_parent, _pid_alive, check_alive, wait_until
 
@@ -62,8 +62,13 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+# Machine-wide, not per cache: network namespaces, routes and cgroups are the machine's, so two
+# checkouts with different caches must still see each other's slots.
+SLOTS_DIR = Path("/run/paddle-sla/realnode")
+
+
 def _slots_dir() -> Path:
-    d = cache_dir() / "realnode"
+    d = SLOTS_DIR
     d.mkdir(parents=True, exist_ok=True)
     return d
 
