@@ -123,7 +123,8 @@ async def assemble_pipeline(settings: RuntimeSettings, app: InferenceApp) -> Pip
     batchers: dict[str, Batcher] = {}
     for stage, eng in engines.items():
         metrics.set_model_info(eng.name, eng.version, eng.device, eng.role)
-        b = Batcher(eng, settings)
+        # The stage's own settings: the batch cap of det (ocr_det_max_batch_size) is the batcher's.
+        b = Batcher(eng, eng.settings)
         await b.start()
         batchers[stage] = b
     pipeline = OcrPipeline(settings, batchers["det"], batchers.get("cls"), batchers["rec"], characters)
