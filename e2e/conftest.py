@@ -4,6 +4,9 @@ Fixtures (contract in docs/contracts.md):
 - ``cluster`` (session): an ``e2e.cluster.Cluster`` with ``.kubeconfig``, ``.bin_dir``, ``.env``,
   ``.kubectl(*args, input=None, check=True, timeout=60)``, ``.helm(...)``, ``.get(...)`` (parsed JSON).
 - ``namespace`` (function): a fresh namespace name, deleted in ``finally``.
+- ``prometheus`` (session): an ``e2e.cluster.prometheus.Prometheus`` discovering the cluster's pods
+  with the users' scrape config (``.url``, ``.query(expr)``, ``.targets()``, ``.rules()``,
+  ``.set_rule_files(paths)``); reachable from pods when the cluster has a real node.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from e2e import cluster as harness
+from e2e.cluster.prometheus import Prometheus, start_prometheus
 from e2e.util import dump_namespace, wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -64,6 +68,16 @@ def real_node(cluster: harness.Cluster) -> str:
     if cluster.real_node is None:
         pytest.skip("no real node in this cluster (mark the test `realnode`; local mode only)")
     return cluster.real_node
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: harness.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """One Prometheus for the session, started on first use."""
+    prom = start_prometheus(cluster, tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield prom
+    finally:
+        prom.stop()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,13 +141,17 @@ def restricted_namespace(cluster: Cluster, ns: str) -> None:
     cluster.place_on_real_node(ns)
 
 
-def install_operator(cluster: Cluster, op_ns: str, watch: str, timeout: float) -> None:
+def install_operator(
+    cluster: Cluster, op_ns: str, watch: str, timeout: float, values: Sequence[str] = ()
+) -> None:
     """``helm install`` of the chart: the operator runs as a pod under the chart's service account
-    and RBAC (namespaced to ``watch``), its image imported into the real node's containerd."""
+    and RBAC (namespaced to ``watch``), its image imported into the real node's containerd.
+    ``values``: more ``--set`` pairs (e.g. ``settings.prometheus_url=...``)."""
     restricted_namespace(cluster, op_ns)
+    sets = [arg for v in values for arg in ("--set", v)]
     cluster.helm(
         "upgrade", "--install", "paddle-operator", str(ROOT / "charts" / "paddle-operator"),
-        "--namespace", op_ns, "--set", f"watchNamespaces={{{watch}}}",
+        "--namespace", op_ns, "--set", f"watchNamespaces={{{watch}}}", *sets,
         timeout=300,
     )  # fmt: skip
 

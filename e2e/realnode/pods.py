@@ -118,13 +118,16 @@ class Served:
         return self.cluster.kubectl("exec", "-n", self.ns, pod, "-c", container, "--", *cmd, check=check)
 
 
-def watched_namespaces(cluster: Cluster, names: list[str], op_ns: str, timeout: float = 300) -> None:
-    """Restricted namespaces on the real node, and the operator installed with Helm watching them."""
+def watched_namespaces(
+    cluster: Cluster, names: list[str], op_ns: str, timeout: float = 300, values: tuple[str, ...] = ()
+) -> None:
+    """Restricted namespaces on the real node, and the operator installed with Helm watching them
+    (``values``: more ``--set`` pairs for the chart)."""
     from e2e.demo import install_operator, restricted_namespace
 
     for ns in names:
         restricted_namespace(cluster, ns)
-    install_operator(cluster, op_ns, ",".join(names), timeout)
+    install_operator(cluster, op_ns, ",".join(names), timeout, values)
 
 
 # ---- load -------------------------------------------------------------------------------------------
