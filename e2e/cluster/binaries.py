@@ -31,6 +31,8 @@ class Target:
     # "control": the control plane and the tools every e2e run needs; "node": the real node's
     # container runtime and kubelet, built only when a run needs a real node.
     group: str = "control"
+    # Go build tags, e.g. Prometheus's ``remove_all_sd,enable_kubernetes_sd``.
+    tags: str = ""
 
 
 # Order matters only for progress: the control plane first, helpers last.
@@ -47,6 +49,15 @@ TARGETS: tuple[Target, ...] = (
     Target("kube-scheduler", "kube", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"),
     Target("kubectl", "kube", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubectl"),
     Target("helm", "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm"),
+    # Pod discovery through kubernetes_sd_configs (Debian's prometheus lacks it); the other
+    # cloud discoveries are left out of the build.
+    Target(
+        "prometheus",
+        "prometheus",
+        "github.com/prometheus/prometheus",
+        "github.com/prometheus/prometheus/cmd/prometheus",
+        tags="remove_all_sd,enable_kubernetes_sd",
+    ),
     # The real node: kubelet and kube-proxy from the same Kubernetes pin; containerd v2 (the
     # release line Kubernetes 1.34 supports) with its runc shim and ctr for image imports.
     Target("kubelet", "kube", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubelet", "node"),
@@ -129,6 +140,7 @@ def _stamp_entry(target: Target, go: str) -> dict[str, str]:
         "version": _required_version(target.module_dir, target.module),
         "go": go,
         "recipe": BUILD_RECIPE,
+        "tags": target.tags,
     }
 
 
@@ -137,6 +149,7 @@ def _stamp_matches(entry: dict[str, str], target: Target) -> bool:
         entry.get("version") == _required_version(target.module_dir, target.module)
         and entry.get("package") == target.package
         and entry.get("recipe") == BUILD_RECIPE
+        and entry.get("tags", "") == target.tags
     )
 
 
@@ -185,6 +198,12 @@ def _version_ldflags(target: Target) -> list[str]:
         pkg = "github.com/containerd/containerd/v2/version"
         # The CRI Version RPC reports this: the node shows containerd://2.4.2, not 2.4.2+unknown.
         return [f"-X {pkg}.Version={version.lstrip('v')}", f"-X {pkg}.Revision={version}"]
+    if target.module == "github.com/prometheus/prometheus":
+        # Module v0.316.0 is Prometheus 3.16.0; /api/v1/status/buildinfo reports it.
+        minor, patch = _required_version(target.module_dir, target.module).lstrip("v").split(".")[1:3]
+        version = f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
+        pkg = "github.com/prometheus/common/version"
+        return [f"-X {pkg}.Version={version}", f"-X {pkg}.Branch=HEAD", f"-X {pkg}.Revision=v0.{minor}.{patch}"]
     return []  # etcd and kwok carry their versions in source
 
 
@@ -230,7 +249,8 @@ def _go_build(target: Target, out: Path, log: Callable[[str], None]) -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
     tmp = out.with_name(out.name + ".tmp")
     ldflags = " ".join(["-s", "-w", *_version_ldflags(target)])
-    cmd = ["go", "build", "-v", "-trimpath", f"-ldflags={ldflags}", "-o", str(tmp), target.package]
+    tags = [f"-tags={target.tags}"] if target.tags else []
+    cmd = ["go", "build", "-v", "-trimpath", *tags, f"-ldflags={ldflags}", "-o", str(tmp), target.package]
     proc = subprocess.Popen(
         cmd,
         cwd=GO_DIR / target.module_dir,

@@ -1,4 +1,7 @@
-"""A real Prometheus (Debian's package) discovering the cluster's pods as users run it.
+"""A real Prometheus (built from its Go module, see binaries.py) discovering the cluster's pods as users run it.
+
+Debian's package is built without ``kubernetes_sd_configs``; the pinned build keeps that discovery
+and leaves the cloud ones out.
 
 It loads the scrape config users are given (``deploy/prometheus/scrape-config.yaml``: pod role,
 the relabelling to ``namespace``/``service``/``track``/``pod``), with only the scrape interval
@@ -13,7 +16,6 @@ network namespace, so scrapes never leave the machine.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -122,16 +124,16 @@ class Prometheus:
         }
 
     def start(self, timeout: float = 60) -> Prometheus:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise ClusterStartError("the `prometheus` binary is missing: `make system-deps` (Debian package)")
+        binary = self.cluster.bin_dir / "prometheus"
+        if not binary.is_file():
+            raise ClusterStartError(f"{binary} is missing: `make binaries` builds it")
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config(self._kubeconfig()), sort_keys=False))
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
                 [
-                    binary,
+                    str(binary),
                     f"--config.file={cfg}",
                     f"--storage.tsdb.path={self.workdir / 'data'}",
                     f"--web.listen-address={self.host}:{self.port}",
