@@ -72,10 +72,11 @@ def thread_cpu() -> dict[str, float]:
 
 
 async def main_async(a: argparse.Namespace) -> dict[str, Any]:
+    from paddle_runtime.app import InferenceApp
     from paddle_runtime.batcher import Batcher
     from paddle_runtime.engine import PaddleEngine
-    from paddle_runtime.server import App, HttpProtocol, HttpServer
     from paddle_runtime.settings import RuntimeSettings
+    from paddle_runtime.transport import HttpProtocol, HttpServer
 
     m = models(paddle_version())[a.model]
     settings = RuntimeSettings(model_dir=str(m["dir"]), workers=1, cpu_threads=a.cpu_threads, max_batch_size=8,
@@ -123,8 +124,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     await loop.run_in_executor(None, eng.load)
     batcher = TimedBatcher(eng, settings)
     await batcher.start()
-    app = App(settings, batcher)
-    server = HttpServer(app)
+    app = InferenceApp(settings)
+    app.attach(batcher, lambda: {"batching": batcher.batching_info()})
+    server = HttpServer(app, settings.max_body_bytes)
     server._server = await loop.create_server(lambda: TimedProtocol(app, server), "127.0.0.1", 0)
     port = server._server.sockets[0].getsockname()[1]
     body, headers = oip_body(m["shape"], m["output"])
