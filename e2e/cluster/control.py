@@ -56,6 +56,7 @@ class LocalCluster:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
+    _args: dict[str, list[str]] = field(default_factory=dict, repr=False)  # what each was started with
 
     ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -128,6 +129,7 @@ class LocalCluster:
     # -- start ---------------------------------------------------------------------
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
+        self._args[name] = list(args)
         binary = str(self.bins / name)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -352,6 +354,43 @@ class LocalCluster:
             for c in n.get("status", {}).get("conditions", [])
             if c["type"] == "Ready" and c["status"] == "True"
         )
+
+    # -- faults ----------------------------------------------------------------------
+
+    READY_CHECKS = {"etcd": "/health", "kube-apiserver": "/readyz"}
+
+    def restart(
+        self, component: str, sig: int = signal.SIGTERM, down_s: float = 0, timeout: float = 120
+    ) -> float:
+        """Stop ``component`` (``sig``, SIGKILL after 15 s), keep it down ``down_s`` seconds, start it
+        again with the same flags, ports and data, and wait until it is healthy; returns the seconds
+        it was unavailable. For fault tests; only etcd and the API server (clients reconnect to them)."""
+        if component not in self.READY_CHECKS or component not in self._args:
+            raise ValueError(
+                f"can restart only {sorted(self.READY_CHECKS)} of a cluster this process started"
+            )
+        t0 = time.monotonic()
+        pid, proc = self.pids[component], self._procs[component]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            proc.wait(10)
+        time.sleep(down_s)
+        self._spawn(component, self._args[component])
+        if component == "etcd":
+            url = f"http://127.0.0.1:{self.ports['etcd']}"
+            self._wait("etcd /health", lambda: self._etcd_healthy(url), timeout, "etcd")
+        # /readyz includes the API server's etcd check: ready again means serving again.
+        self._wait(
+            "kube-apiserver /readyz",
+            lambda: self._healthy("kube-apiserver", "/readyz"),
+            timeout,
+            "kube-apiserver",
+        )
+        return time.monotonic() - t0
 
     # -- status / stop ---------------------------------------------------------------
 

@@ -41,6 +41,7 @@ class OperatorProcess:
     """``paddle-operator run --namespace 'pmsop-*'``, with its log kept in a file for failure dumps."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        # ``env`` is the process's whole environment: a kubeconfig and PADDLE_OPERATOR_* settings.
         self.env = env
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -91,6 +92,22 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+_REPORT: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report() -> Any:
+    """``report(line)``: a line for the "operator timings" section at the end of the run (not captured)."""
+    return _REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _REPORT:
+        terminalreporter.section("operator timings")
+        for line in _REPORT:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -43,14 +43,6 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 10
 BACKOFF_MAX_S = 300
 
-# Watches: ask the API server to close each watch after 5 minutes (server_timeout) and give up on the
-# client side a little later (client_timeout). A silently dropped connection (NAT, load balancer idle
-# timeout) is then noticed within minutes instead of hanging forever, and the server, not the client,
-# normally ends the stream, so no events are lost between the two.
-WATCH_SERVER_TIMEOUT_S = 300
-WATCH_CLIENT_TIMEOUT_S = WATCH_SERVER_TIMEOUT_S + 30
-WATCH_CONNECT_TIMEOUT_S = 10
-
 _settings: OperatorSettings | None = None
 _kube: Kube | None = None
 
@@ -74,7 +66,11 @@ def kube() -> Kube:
     global _kube
     if _kube is None:
         s = operator_settings()
-        _kube = Kube(kubeconfig=s.kubeconfig, apply_workers=s.apply_workers)
+        _kube = Kube(
+            kubeconfig=s.kubeconfig,
+            apply_workers=s.apply_workers,
+            timeout=(s.api_connect_timeout_s, s.api_timeout_s),
+        )
     return _kube
 
 
@@ -91,14 +87,22 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
-    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
-    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_S
+    ours = operator_settings()
+    # Watches: the server ends each one (server_timeout) before the client gives up (client_timeout),
+    # so no events are lost at the hand-over; a stream silent past inactivity_timeout (not even a
+    # bookmark) is a connection that died without closing, and is reopened. kopf's own requests get
+    # the same bounded timeouts as ours, so a silent connection fails a request instead of hanging it.
+    settings.watching.server_timeout = ours.watch_server_timeout_s
+    settings.watching.client_timeout = ours.watch_client_timeout_s
+    settings.watching.connect_timeout = ours.watch_connect_timeout_s
+    settings.watching.inactivity_timeout = ours.watch_inactivity_timeout_s
+    settings.networking.request_timeout = ours.api_timeout_s
+    settings.networking.connect_timeout = ours.api_connect_timeout_s
     # Child watches only stream objects we manage: server-side filtering keeps every other ConfigMap,
     # Service and Deployment in the cluster out of this process.
     for k in WATCHED:
         settings.watching.label_selectors[k.plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-    settings.execution.max_workers = operator_settings().workers
+    settings.execution.max_workers = ours.workers
     # Events are for people: the explicit kopf.info()/kopf.warn() calls, not every log line.
     settings.posting.level = logging.INFO
     settings.posting.loggers = False

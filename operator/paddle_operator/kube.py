@@ -21,13 +21,14 @@ from .spec import API_VERSION, FIELD_MANAGER, KIND
 
 log = logging.getLogger(__name__)
 
-# Per-request timeout (connect, read): a hung API server must fail the handler, which kopf retries,
-# rather than block a worker thread forever.
-REQUEST_TIMEOUT = (5, 30)
+# Per-request timeout (connect, read) unless the caller passes one (OperatorSettings.api_*timeout_s):
+# a hung API server or a silent connection must fail the handler, which is retried, rather than
+# block a worker thread forever.
+REQUEST_TIMEOUT = (5.0, 30.0)
 
 
 class KubeError(Exception):
-    """A non-2xx answer from the API server."""
+    """A non-2xx answer from the API server, or none at all (``status`` 0: refused, reset, timed out)."""
 
     def __init__(self, status: int, body: str, what: str) -> None:
         self.status = status
@@ -70,9 +71,16 @@ class Kube:
     """The operator's API calls. Thread-safe (urllib3 pool)."""
 
     def __init__(
-        self, api: client.ApiClient | None = None, *, kubeconfig: str | None = None, apply_workers: int = 32
+        self,
+        api: client.ApiClient | None = None,
+        *,
+        kubeconfig: str | None = None,
+        apply_workers: int = 32,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> None:
         self.api = api or load_api_client(kubeconfig=kubeconfig)
+        # Keywords: urllib3.Timeout's first positional parameter is the *total* time, not connect.
+        self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         # Shared by all reconciles; each submits its few children and waits for them (no nested submits).
         self._apply_pool = ThreadPoolExecutor(apply_workers, thread_name_prefix="apply")
 
@@ -98,14 +106,22 @@ class Kube:
         url = cfg.host.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
         # A dict body is sent once as JSON, which is also valid YAML for apply-patch.
         data = body if body is None or isinstance(body, (str, bytes)) else json.dumps(body)
-        # Keywords: urllib3.Timeout's first positional parameter is the *total* time, not connect.
-        timeout = urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1])
-        resp = self.api.rest_client.pool_manager.request(method, url, body=data, headers=headers, timeout=timeout)
+        what = what or f"{method} {path}"
+        try:
+            resp = self.api.rest_client.pool_manager.request(
+                method, url, body=data, headers=headers, timeout=self._timeout
+            )
+        except urllib3.exceptions.HTTPError as e:
+            # No answer (API server restarting, connection reset or gone silent): the same retry path as
+            # a 5xx. The idle pooled connections share the path that just failed; reusing them one by one
+            # would cost a timeout each, so drop them all and let the retry open fresh ones.
+            self.api.rest_client.pool_manager.clear()
+            raise KubeError(0, f"no response: {e}", what) from e
         raw = resp.data
         if resp.status == 404 and method in ("GET", "DELETE"):
             return None
         if resp.status >= 300:
-            raise KubeError(resp.status, raw.decode("utf-8", "replace"), what or f"{method} {path}")
+            raise KubeError(resp.status, raw.decode("utf-8", "replace"), what)
         return json.loads(raw) if raw else None
 
     def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:

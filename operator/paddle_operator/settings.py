@@ -7,7 +7,7 @@ variables other software defines (``KUBECONFIG``, ``MALLOC_ARENA_MAX``). The cha
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "PADDLE_OPERATOR_"
@@ -51,9 +51,38 @@ class OperatorSettings(BaseSettings):
     analysis_min_window_s: float = Field(default=60.0, gt=0)
     """Shortest rate window of a canary analysis or SLA query (keep it >= 4 scrape intervals)."""
 
+    watch_server_timeout_s: int = Field(default=300, ge=1)
+    """Each watch asks the API server to end it after this long (``timeoutSeconds``, whole seconds:
+    the server refuses "300.0"): the server, not the client, normally ends a stream, so no event is
+    lost at the hand-over to the next watch."""
+
+    watch_client_timeout_s: float = Field(default=330.0, gt=0)
+    """A watch request is abandoned by the client after this long (keep it above the server timeout)."""
+
+    watch_connect_timeout_s: float = Field(default=10.0, gt=0)
+    """Timeout of opening a watch connection."""
+
+    watch_inactivity_timeout_s: float = Field(default=70.0, gt=0)
+    """A watch that delivers nothing, not even a bookmark (the API server sends one about every
+    minute), for this long is taken for dead and reopened: it catches a connection that went silent
+    without closing (a proxy, NAT or load balancer dropping the flow). Keep it above 60 s in clusters."""
+
+    api_timeout_s: float = Field(default=30.0, gt=0)
+    """Read timeout of one API request (ours and kopf's own patches); a request on a silent connection
+    fails after this long and is retried, instead of holding a worker thread."""
+
+    api_connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Connect timeout of one API request."""
+
     kubeconfig: str | None = Field(default=None, validation_alias=AliasChoices("KUBECONFIG"))
     """Outside a pod: the kubeconfig file (``KUBECONFIG``, first entry); in a pod the service account."""
 
     malloc_arena_max: int | None = Field(default=None, validation_alias=AliasChoices("MALLOC_ARENA_MAX"))
     """glibc's own variable. Set: glibc applied it already. Unset: the operator caps malloc arenas at
     2 before its threads start, so freed memory of a burst returns (RSS comes back down)."""
+
+    @model_validator(mode="after")
+    def _client_outlasts_server(self) -> OperatorSettings:
+        if self.watch_client_timeout_s <= self.watch_server_timeout_s:
+            raise ValueError("watch_client_timeout_s must exceed watch_server_timeout_s")
+        return self

@@ -27,6 +27,13 @@ def test_bad_setting_is_rejected_naming_the_variable(monkeypatch: pytest.MonkeyP
         OperatorSettings()
 
 
+def test_watch_client_timeout_must_outlast_the_server_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PADDLE_OPERATOR_WATCH_SERVER_TIMEOUT_S", "300")
+    monkeypatch.setenv("PADDLE_OPERATOR_WATCH_CLIENT_TIMEOUT_S", "300")
+    with pytest.raises(ValueError, match="watch_client_timeout_s"):
+        OperatorSettings()
+
+
 def test_every_setting_is_documented_in_code_and_docs() -> None:
     docs = (ROOT / "docs" / "operator.md").read_text()
     for name, info in OperatorSettings.model_fields.items():

@@ -34,6 +34,24 @@ def test_kopf_watches_and_filters_exactly_the_registry_child_kinds() -> None:
     }
 
 
+def test_watch_and_api_timeouts_reach_kopf_and_the_client_from_the_settings() -> None:
+    ours = OperatorSettings(
+        watch_server_timeout_s=40, watch_client_timeout_s=45, watch_connect_timeout_s=3,
+        watch_inactivity_timeout_s=9, api_timeout_s=11, api_connect_timeout_s=2,
+    )
+    handlers.use_settings(ours)
+    try:
+        settings = kopf.OperatorSettings()
+        handlers.configure(settings=settings)
+        w, n = settings.watching, settings.networking
+        assert (w.server_timeout, w.client_timeout, w.connect_timeout) == (40, 45, 3)
+        assert isinstance(w.server_timeout, int)  # sent as timeoutSeconds: the API server refuses "40.0"
+        assert w.inactivity_timeout == 9
+        assert (n.request_timeout, n.connect_timeout) == (11, 2)
+    finally:
+        handlers.use_settings(OperatorSettings())
+
+
 def test_reconcile_plans_from_the_rollout_memory_before_status() -> None:
     svc = _svc()
     memory.clear()
