@@ -87,7 +87,7 @@ def set_slo(model: str, latency_p99_ms: float, availability_percent: float) -> N
         _remove(SLO_OBJECTIVE, model, "latency")
         REQUESTS_OVER_TARGET.clear()
     if availability_percent > 0:
-        SLO_OBJECTIVE.labels(model, "availability").set(availability_percent / 100.0)
+        SLO_OBJECTIVE.labels(model, "availability").set(round(availability_percent / 100.0, 8))
     else:
         _remove(SLO_OBJECTIVE, model, "availability")
 

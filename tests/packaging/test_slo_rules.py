@@ -72,7 +72,7 @@ def test_runtime_exports_every_series_the_rules_read():
         text = metrics.render()[0].decode()
     finally:
         metrics.set_slo("slo-test", 0, 0)
-    assert 'paddle_runtime_slo_objective_ratio{model="slo-test",slo="availability"} 0.999' in text
+    assert 'paddle_runtime_slo_objective_ratio{model="slo-test",slo="availability"} 0.999\n' in text
     assert 'paddle_runtime_slo_objective_ratio{model="slo-test",slo="latency"} 0.99' in text
     assert 'paddle_runtime_slo_latency_target_seconds{model="slo-test"} 0.25' in text
     assert 'paddle_runtime_requests_over_latency_target_total{model="slo-test",role="main",version="1"} 1.0' in text

@@ -56,13 +56,11 @@ def runtime_settings(svc: PaddleModelService) -> dict[str, Any]:
         settings["fallback_recovery_steps"] = list(fb.recovery_steps)
     if svc.spec.model.update == "HotReload":
         settings["reload_poll_s"] = HOT_RELOAD_POLL_S
+    # Published by the runtime as SLO series, which the chart's alert rules read (live, no restart).
+    # Always written, 0 when unset: a key dropped from the file would keep its running value.
     sla = svc.spec.sla
-    if sla is not None:
-        # Published by the runtime as SLO series, which the chart's alert rules read (live, no restart).
-        if sla.latency_p99_ms is not None:
-            settings["sla_latency_p99_ms"] = sla.latency_p99_ms
-        if sla.availability_percent is not None:
-            settings["sla_availability_percent"] = sla.availability_percent
+    settings["sla_latency_p99_ms"] = (sla.latency_p99_ms if sla else None) or 0
+    settings["sla_availability_percent"] = (sla.availability_percent if sla else None) or 0
     return settings
 
 
