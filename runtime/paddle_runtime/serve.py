@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics
+from . import logs, metrics
 from .admin import admin_token, build_admin_app
 from .app import InferenceApp
 from .auth import Guard
@@ -271,8 +271,7 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
 
 def run(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> int:
     """Blocking entry point: uvloop when available, then :func:`serve_async`."""
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         import uvloop
     except ImportError:
