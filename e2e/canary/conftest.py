@@ -294,6 +294,7 @@ class Prometheus:
     port: int
     scrape: list[tuple[Runtime, dict[str, str]]]
     proc: subprocess.Popen | None = None
+    rule_files: list[Path] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -306,6 +307,7 @@ class Prometheus:
     def _config(self) -> dict:
         return {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [
                 {
                     "job_name": "paddle-runtime",
@@ -362,9 +364,9 @@ def prometheus_factory(tmp_path: Path) -> Iterator:
         pytest.fail("the `prometheus` binary is missing: `make system-deps` (Debian package prometheus)")
     started: list[Prometheus] = []
 
-    def start(scrape: list[tuple[Runtime, dict[str, str]]]) -> Prometheus:
+    def start(scrape: list[tuple[Runtime, dict[str, str]]], rule_files: list[Path] | None = None) -> Prometheus:
         workdir = Path(tempfile.mkdtemp(prefix="prometheus-", dir=tmp_path))
-        prom = Prometheus(binary, workdir, free_port(), scrape).start()
+        prom = Prometheus(binary, workdir, free_port(), scrape, rule_files=list(rule_files or [])).start()
         started.append(prom)
         return prom
 

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from . import metrics
+from . import logs, metrics
 from .contracts import InferResult, Inputs, ModelHandle
 from .errors import RuntimeError_
 from .model_dir import TensorSpec
@@ -221,6 +221,10 @@ class FallbackRouter:
         log.info("fallback ramp: %d%% of traffic to the main model", steps[self.step])
         self._publish_role()
 
+    def _version(self, state: str) -> str:
+        """The model version answering in ``state`` (the ramp serves main's, partly)."""
+        return self.fallback.version if state == FALLBACK else self.main.version
+
     def _switch(self, to: str, reason: str) -> None:
         prev = self.state
         self.state = to
@@ -236,7 +240,10 @@ class FallbackRouter:
         if to in (MAIN, FALLBACK):
             self.switches[to] += 1
             metrics.FALLBACK_SWITCHES.labels(to).inc()
-        log.warning("switching %s -> %s: %s", prev, to, reason)
+        log.warning("switching %s -> %s: %s", prev, to, reason,
+                    extra=logs.event("fallback_switch", model=self.main.name, **{"from": prev, "to": to},
+                                     from_version=self._version(prev), to_version=self._version(to),
+                                     result="switched", reason=reason))
         self._publish_role()
 
     def _publish_role(self) -> None:

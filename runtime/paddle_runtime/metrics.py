@@ -9,7 +9,10 @@ objects.  Label sets:
 * ``batch_size{model}``, ``batch_size_chosen{model}``, ``queue_depth{model}`` (batcher), ``inflight_requests{model}`` (server),
 * ``model_info{model,version,device,role}`` = 1 for each loaded engine,
 * resilience: ``active_role{role}``, ``fallback_switches_total{to}``, ``reloads_total{result}``,
-* GPU (only when NVML finds a device): ``gpu_utilization_percent{gpu}``, ``gpu_memory_used_bytes{gpu}``.
+* GPU (only when NVML finds a device): ``gpu_utilization_percent{gpu}``, ``gpu_memory_used_bytes{gpu}``,
+* SLO (only while ``spec.sla`` sets them, see :func:`set_slo`): ``slo_objective_ratio{model,slo}``,
+  ``slo_latency_target_seconds{model}``, ``requests_over_latency_target_total{model,version,role}``;
+  the chart's recording and alerting rules (charts/paddle-operator/files/slo-rules.yaml) read these.
 """
 
 from __future__ import annotations
@@ -42,11 +45,58 @@ GPU_MEMORY_USED = Gauge("paddle_runtime_gpu_memory_used_bytes", "GPU memory used
 ACTIVE_ROLE = Gauge("paddle_runtime_active_role", "1 for the role currently serving", ["role"])
 FALLBACK_SWITCHES = Counter("paddle_runtime_fallback_switches", "Switches between main and fallback", ["to"])
 RELOADS = Counter("paddle_runtime_reloads", "Hot reload attempts by result", ["result"])
+# SLO (spec.sla): the objectives as series, so one set of Prometheus rules serves every service, and
+# the latency SLI as a counter at the exact target (a histogram bucket rarely sits on it).
+SLO_OBJECTIVE = Gauge("paddle_runtime_slo_objective_ratio",
+                      "Share of requests that must be good (slo=availability: not 5xx; slo=latency: "
+                      "successful within the latency target)", ["model", "slo"])
+SLO_LATENCY_TARGET = Gauge("paddle_runtime_slo_latency_target_seconds", "SLA p99 latency target", ["model"])
+REQUESTS_OVER_TARGET = Counter("paddle_runtime_requests_over_latency_target",
+                               "Successful requests slower than the SLA latency target", ["model", "version", "role"])
+# spec.sla.latencyP99Ms is a p99 target: 99 % of successful requests within it.
+LATENCY_OBJECTIVE = 0.99
+
+# Latency target (seconds) that observe_success counts against; 0 = no latency SLO.
+_slo_latency_target_s = 0.0
 
 
 def render() -> tuple[bytes, str]:
     """The /metrics body and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def observe_success(model: str, version: str, role: str, seconds: float) -> None:
+    """Record the latency of a successful request (histogram, and the SLO counter when a target is set)."""
+    REQUEST_DURATION.labels(model, version, role).observe(seconds)
+    if _slo_latency_target_s > 0:
+        # labels() even when fast: the series exists at 0, so the SLI reads 0 % slow, not "no data".
+        over = REQUESTS_OVER_TARGET.labels(model, version, role)
+        if seconds > _slo_latency_target_s:
+            over.inc()
+
+
+def set_slo(model: str, latency_p99_ms: float, availability_percent: float) -> None:
+    """Publish the SLO of ``model`` (0 = that objective unset: its series are removed)."""
+    global _slo_latency_target_s
+    _slo_latency_target_s = latency_p99_ms / 1000.0
+    if latency_p99_ms > 0:
+        SLO_LATENCY_TARGET.labels(model).set(_slo_latency_target_s)
+        SLO_OBJECTIVE.labels(model, "latency").set(LATENCY_OBJECTIVE)
+    else:
+        _remove(SLO_LATENCY_TARGET, model)
+        _remove(SLO_OBJECTIVE, model, "latency")
+        REQUESTS_OVER_TARGET.clear()
+    if availability_percent > 0:
+        SLO_OBJECTIVE.labels(model, "availability").set(round(availability_percent / 100.0, 8))
+    else:
+        _remove(SLO_OBJECTIVE, model, "availability")
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
 
 
 def set_model_info(model: str, version: str, device: str, role: str, loaded: bool = True) -> None:

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import metrics
+from . import logs, metrics
 from .batcher import Batcher
 from .contracts import Engine, ModelHandle, contract_difference
 from .errors import IntegrityError, ModelLoadError, ModelRejected
@@ -185,7 +185,7 @@ class ReloadManager:
         self.last_attempt_at = _now()
         t0 = time.perf_counter()
         old = self.handle.engine
-        log.info("reloading model %s from %s", self.handle.name, target)
+        log.debug("reloading model %s from %s", self.handle.name, target)
         try:
             try:
                 verify_model_dir(target, **integrity_options(self.settings))
@@ -227,7 +227,9 @@ class ReloadManager:
         metrics.RELOADS.labels("success").inc()
         metrics.set_model_info(old.name, old.version, old.device, "main", loaded=False)
         metrics.set_model_info(eng.name, eng.version, eng.device, "main")
-        log.info("Loaded model %s %s in %.0f ms", eng.name, eng.version, elapsed_ms)
+        log.info("reloaded model %s: %s -> %s in %.0f ms", eng.name, old.version, eng.version, elapsed_ms,
+                 extra=logs.event("reload", model=eng.name, from_version=old.version, to_version=eng.version,
+                                  load_ms=self.load_ms, result="success", error=None, model_dir=str(target)))
         threading.Thread(target=self._retire, args=(old,), name="retire-engine", daemon=True).start()
         return {
             "result": "success",
@@ -252,12 +254,16 @@ class ReloadManager:
         metrics.RELOADS.labels("failure").inc()
         self.last_error = f"{exc.kind}: {exc.message}"
         self.last_error_at = _now()
+        # to_version stays null: a refused candidate may have no readable version at all.
         log.error(
             "reload of %s refused (%s); still serving %s %s",
             target,
             self.last_error,
             self.handle.name,
             self.handle.version,
+            extra=logs.event("reload", model=self.handle.name, from_version=self.handle.version, to_version=None,
+                             load_ms=None, result="failure", error=self.last_error,
+                             model_dir=str(target) if target else None),
         )
         raise exc
 

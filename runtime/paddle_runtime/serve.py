@@ -6,7 +6,8 @@ Assembly (:func:`assemble`), nothing else in the package builds or connects part
       -> Batcher (one per model)                       contracts.ModelHandle
       -> FallbackRouter over main + fallback batcher   (when fallback_model_dir is set)
       -> ReloadManager (swaps the main batcher's engine; poll, SIGHUP, admin)
-      -> ConfigWatcher (live max_batch_size / batch_timeout_ms -> every batcher, fallback_* -> router)
+      -> ConfigWatcher (live max_batch_size / batch_timeout_ms -> every batcher, fallback_* -> router,
+                        sla_* -> the SLO series)
       -> admin App (own port, same transport) and auth Guard (a hook of the inference App)
       -> InferenceApp + HttpServer (TLS from tls.py on every port)
 
@@ -34,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics
+from . import logs, metrics
 from .admin import admin_token, build_admin_app
 from .app import InferenceApp
 from .auth import Guard
@@ -54,6 +55,7 @@ from .transport import HttpServer, Request
 log = logging.getLogger("paddle_runtime.serve")
 
 BATCHING_KEYS = ("max_batch_size", "batch_timeout_ms")
+SLO_KEYS = ("sla_latency_p99_ms", "sla_availability_percent")
 """Settings the batchers take at run time (``Batcher.set_limits``)."""
 
 
@@ -154,6 +156,13 @@ async def assemble(settings: RuntimeSettings, pinned: Iterable[str] = (),
             b.set_limits(now.max_batch_size, now.batch_timeout_ms)
 
     watcher.subscribe(BATCHING_KEYS, set_limits)
+
+    def set_slo(_: dict[str, Any] | None = None) -> None:
+        now = watcher.current
+        metrics.set_slo(handle.name, now.sla_latency_p99_ms, now.sla_availability_percent)
+
+    set_slo()
+    watcher.subscribe(SLO_KEYS, set_slo)
     if router is not None:
         watcher.subscribe(TUNABLE, router.apply_params)
     watcher.start()
@@ -237,6 +246,8 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
         await server.close(1.0)
         return 1
     app.attach(rt.handle, rt.version_info)
+    if settings.pipeline:  # no config watcher there: the SLO as set at start
+        metrics.set_slo(rt.handle.name, settings.sla_latency_p99_ms, settings.sla_availability_percent)
     log.info("ready: model %s version %s after %.2fs", rt.handle.name, rt.handle.version, time.perf_counter() - t0)
 
     await waiter
@@ -260,8 +271,7 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
 
 def run(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> int:
     """Blocking entry point: uvloop when available, then :func:`serve_async`."""
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         import uvloop
     except ImportError:

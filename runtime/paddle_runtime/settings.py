@@ -231,8 +231,19 @@ class RuntimeSettings(BaseSettings):
     ocr_image_threads: int = Field(2, ge=1)
     """Threads for image decoding and pre/post-processing (OpenCV releases the GIL)."""
 
+    # --- SLO (spec.sla; published as series for the chart's alert rules, metrics.set_slo) ----------
+    sla_latency_p99_ms: float = Field(0.0, ge=0)
+    """``sla.latencyP99Ms``: successful requests slower than this count against the latency SLO
+    (99 % within it); 0 = no latency SLO series. Re-read from the config file at run time."""
+    sla_availability_percent: float = Field(0.0, ge=0, lt=100)
+    """``sla.availability`` (e.g. 99.9): share of requests that must not be 5xx; 0 = no availability
+    SLO series. Re-read from the config file at run time."""
+
     log_level: str = "INFO"
     """Python logging level."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line (the image's default); reloads and fallback switches are
+    single events with their fields (logs.py)."""
 
     @field_validator("fallback_recovery_steps", mode="before")
     @classmethod

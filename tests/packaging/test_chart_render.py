@@ -189,7 +189,7 @@ def test_monitoring_objects_are_off_by_default(chart):
 
 def test_adapter_rules_define_the_hpa_metrics(chart):
     objs = chart.render("-f", str(CHART / "ci" / "monitoring-values.yaml"))
-    (cm,) = _by_kind(objs, "ConfigMap")
+    (cm,) = [o for o in _by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-adapter-rules")]
     assert cm["metadata"]["namespace"] == "monitoring"
     rules = {r["name"]["as"]: r for r in yaml.safe_load(cm["data"]["config.yaml"])["rules"]}
     qps = rules["paddle_runtime_requests_per_second"]

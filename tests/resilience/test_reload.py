@@ -105,7 +105,7 @@ def test_model_replaced_five_times_under_load_loses_no_request(
     assert info["version"] == "v5" and info["previous_version"] == "v4"
     assert info["reloads"] == {"success": 5, "failure": 0} and info["last_error"] is None
     assert metric_value(srv.url, "paddle_runtime_reloads_total", result="success") == 5
-    assert "Loaded model mobilenet-v3-small v5 in" in srv.log()
+    assert "reloaded model mobilenet-v3-small: v4 -> v5 in" in srv.log()
     assert len(results) > 100
 
 

@@ -151,3 +151,47 @@ def test_watcher_hands_each_subscriber_its_changes_and_keeps_flags_and_env_pinne
     cm.write({"max_batch_size": "many"})
     assert watcher.check() == {} and watcher.current.max_batch_size == 4
     assert "ignoring the new" in caplog.text
+
+
+def _slo_lines(srv: Any) -> list[str]:
+    _, body = srv.get("/metrics")
+    return sorted(ln for ln in body.decode().splitlines()
+                  if ln.startswith(("paddle_runtime_slo_", "paddle_runtime_requests_over_latency_target_total{")))
+
+
+def _infer_once(srv: Any) -> None:
+    x = np.zeros(SHAPE, dtype=np.float32)
+    doc = {"inputs": [{"name": "x", "shape": list(SHAPE), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    req = urllib.request.Request(f"{srv.url}/v2/models/{NAME}/infer", data=json.dumps(doc).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+
+
+def test_changed_sla_is_published_by_the_running_runtime(
+        tmp_path: Path, ocr_cls_dir: Path, runtime_server: Any) -> None:
+    cm = MountedConfigMap(tmp_path / "config")
+    cm.write({"sla_availability_percent": 99.9})
+    srv = runtime_server(ocr_cls_dir, "--config", str(cm.file), "--workers", "1")
+    assert _slo_lines(srv) == [f'paddle_runtime_slo_objective_ratio{{model="{NAME}",slo="availability"}} 0.999']
+
+    # A 1 ms target: the classifier's requests are slower, so each one counts against it.
+    cm.write({"sla_availability_percent": 99.5, "sla_latency_p99_ms": 1})
+    deadline = time.monotonic() + 30
+    while len(_slo_lines(srv)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _infer_once(srv)
+    _infer_once(srv)
+    lines = _slo_lines(srv)
+    assert f'paddle_runtime_slo_latency_target_seconds{{model="{NAME}"}} 0.001' in lines
+    assert f'paddle_runtime_slo_objective_ratio{{model="{NAME}",slo="availability"}} 0.995' in lines
+    assert f'paddle_runtime_slo_objective_ratio{{model="{NAME}",slo="latency"}} 0.99' in lines
+    assert any(ln.startswith("paddle_runtime_requests_over_latency_target_total{") and ln.endswith(" 2.0")
+               for ln in lines), lines
+
+    # spec.sla removed: the operator writes zeros (a key missing from the file keeps its running value).
+    cm.write({"sla_availability_percent": 0, "sla_latency_p99_ms": 0})
+    deadline = time.monotonic() + 30
+    while _slo_lines(srv) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _slo_lines(srv) == []

@@ -1,7 +1,7 @@
 """ConfigMap ``<name>-runtime``: the runtime settings the runtime re-reads without a restart.
 
-Only hot-reloadable settings live here (batching, fallback thresholds, reload poll, model source for
-``update: HotReload``). Engine settings that need a new predictor (device, precision, TensorRT,
+Only hot-reloadable settings live here (batching, fallback thresholds, reload poll, SLO objectives,
+model source for ``update: HotReload``). Engine settings that need a new predictor (device, precision, TensorRT,
 threads) are environment variables in the pod template instead, so changing them rolls the pods
 while changing these does not. Keys of ``config.yaml`` are RuntimeSettings field names
 (docs/contracts.md).
@@ -56,6 +56,11 @@ def runtime_settings(svc: PaddleModelService) -> dict[str, Any]:
         settings["fallback_recovery_steps"] = list(fb.recovery_steps)
     if svc.spec.model.update == "HotReload":
         settings["reload_poll_s"] = HOT_RELOAD_POLL_S
+    # Published by the runtime as SLO series, which the chart's alert rules read (live, no restart).
+    # Always written, 0 when unset: a key dropped from the file would keep its running value.
+    sla = svc.spec.sla
+    settings["sla_latency_p99_ms"] = (sla.latency_p99_ms if sla else None) or 0
+    settings["sla_availability_percent"] = (sla.availability_percent if sla else None) or 0
     return settings
 
 

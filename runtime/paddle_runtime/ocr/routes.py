@@ -199,7 +199,7 @@ class OcrRoutes:
             gauge.dec()
             metrics.REQUESTS.labels(h.name, h.version, "main", str(code)).inc()
             if code == 200:
-                metrics.REQUEST_DURATION.labels(h.name, h.version, "main").observe(time.perf_counter() - t0)
+                metrics.observe_success(h.name, h.version, "main", time.perf_counter() - t0)
 
     async def ocr(self, req: Request) -> Response:
         """Raw image bytes in, JSON lines out."""
