@@ -5,6 +5,7 @@
   the shape changed (the reconcile's plan builds the children for it); it owns ``status.stableTag``
   and ``status.rollout`` (field manager ``ROLLOUT_MANAGER``).
 - :func:`evaluate_sla` owns ``status.sla`` and the ``SLAMet`` condition (``SLA_MANAGER``).
+- :func:`apply_truth` owns what the pods report (truth.py's fields, ``TRUTH_MANAGER``).
 
 No kopf here (handlers.py adapts it); Prometheus and the API server are reached through
 ``prometheus.py`` and ``kube.py``; settings arrive as an argument.
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import memory, promql
+from . import memory, promql, truth
 from . import reconcile as rc
 from . import rollout as ro
 from .builders.common import CANARY
@@ -40,7 +41,7 @@ from .plan import (
 from .prometheus import PrometheusQuerier
 from .settings import OperatorSettings
 from .spec import PaddleModelService
-from .status import ROLLOUT_MANAGER, SLA_MANAGER, merge_conditions, now_iso
+from .status import ROLLOUT_MANAGER, SLA_MANAGER, TRUTH_MANAGER, merge_conditions, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -292,3 +293,35 @@ def evaluate_sla(
         mem = memory.setdefault(key, Memory(*shape_from_status(svc)))
     mem.last_sla = now
     return patch
+
+
+# ------------------------------------------------------------------------------ what the pods report
+
+# What apply_truth last applied per resource: the watch-fed status can lag our own write.
+_truth_written: dict[memory.Key, dict[str, Any]] = {}
+
+
+def forget_truth(key: memory.Key) -> None:
+    """Drop the memory of a deleted resource."""
+    _truth_written.pop(key, None)
+
+
+def apply_truth(
+    kube: Kube,
+    body: dict[str, Any],
+    tracks: dict[str, dict[str, truth.PodReport]] | None,
+    no_data_reason: str = "NoPodsReporting",
+) -> tuple[bool, list[truth.Transition]]:
+    """Apply one resource's truth fields when they changed: (written, transitions to post as events)."""
+    svc = PaddleModelService.from_body(body)
+    key = memory.key(svc)
+    old = dict(body.get("status") or {})
+    last = _truth_written.get(key)
+    previous = last if last is not None else old
+    new = truth.truth_status(svc, tracks, old, no_data_reason=no_data_reason, previous=previous)
+    fresh = truth.comparable(new)
+    if fresh == truth.comparable(previous) and fresh == truth.comparable(old):
+        return False, []
+    kube.apply_status(svc.namespace, svc.name, new, TRUTH_MANAGER)
+    _truth_written[key] = new
+    return True, truth.transitions(previous, new)

@@ -34,8 +34,11 @@ from . import canary, memory
 from . import reconcile as rc
 from .kinds import WATCHED
 from .kube import Kube, KubeError
+from .prometheus import PrometheusQuerier
+from .rollout import Unreachable
 from .settings import OperatorSettings
 from .spec import FIELD_MANAGER, GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
+from .truth import Reports
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +189,7 @@ def pms_delete(*, namespace: str | None, name: str, uid: str, **_: Any) -> None:
     """Forget per-object memory; ``optional`` means no finalizer is added for this handler."""
     rc.forget(namespace or "default", name, uid)
     memory.forget(namespace or "default", name, uid)
+    canary.forget_truth((namespace or "default", name, uid))
 
 
 def post_event(involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -261,6 +265,10 @@ class RolloutLoop:
 
     The work (blocking API and Prometheus calls) runs in a small thread pool; a resource still being
     worked on is skipped, so one slow Prometheus does not hold the others up.
+
+    Every ``truth_period_s`` one more piece of work reads what the pods report for *all* resources
+    (one Prometheus query per distinct Prometheus URL, normally one) and applies each resource's
+    truth fields where they changed (:meth:`truth_pass`).
     """
 
     INITIAL_DELAY_S = 1.0
@@ -274,6 +282,8 @@ class RolloutLoop:
         self._busy: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self._next_truth = 0.0
+        self._truth_task: asyncio.Task[None] | None = None
 
     @staticmethod
     def fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -370,6 +380,63 @@ class RolloutLoop:
         finally:
             self._busy.discard(w.key)
 
+    def truth_pass(self, bodies: list[dict[str, Any]]) -> dict[str, int]:
+        """In a worker thread: read the pods' reports once per Prometheus and apply every resource's
+        truth fields that changed, posting an event per transition. Returns counts (for tests)."""
+        by_url: dict[str | None, list[dict[str, Any]]] = {}
+        for body in bodies:
+            analysis = ((body.get("spec") or {}).get("rollout") or {}).get("analysis") or {}
+            by_url.setdefault(analysis.get("prometheusURL") or self.settings.prometheus_url, []).append(body)
+        counts = {"queries": 0, "written": 0, "events": 0, "skipped": 0}
+        for url, group in by_url.items():
+            reports: Reports | None = None
+            if url is not None:
+                counts["queries"] += 1
+                with PrometheusQuerier(url, self.settings.prometheus_timeout_s) as prom:
+                    got = prom.runtime_reports()
+                if isinstance(got, Unreachable):
+                    # Keep the last truth rather than flip every resource to Unknown on a blip.
+                    log.warning("pod reports not read: %s", got.reason)
+                    counts["skipped"] += len(group)
+                    continue
+                reports = got
+            for body in group:
+                meta = body["metadata"]
+                key = (meta.get("namespace") or "default", meta["name"])
+                try:
+                    tracks = None if reports is None else reports.get(key, {})
+                    no_data = "NoPrometheus" if url is None else "NoPodsReporting"
+                    written, moved = canary.apply_truth(kube(), body, tracks, no_data)
+                except KubeError as e:
+                    log.warning("truth %s/%s: %s", key[0], key[1], e)
+                    continue
+                except Exception:  # one resource must not stop the others
+                    log.exception("truth %s/%s", key[0], key[1])
+                    continue
+                counts["written"] += written
+                for ev in moved:
+                    post_event(body, ev.type, ev.reason, ev.message)
+                    counts["events"] += 1
+        return counts
+
+    async def _truth(self, bodies: list[dict[str, Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._pool, self.truth_pass, bodies)
+        except Exception:  # noqa: BLE001 - the next period tries again
+            log.exception("truth pass")
+
+    def start_truth(self, index: Any, now: float) -> None:
+        """Start a truth pass when one is due and none is running."""
+        if now < self._next_truth or (self._truth_task is not None and not self._truth_task.done()):
+            return
+        self._next_truth = now + self.settings.truth_period_s
+        bodies = [
+            store[-1] for store in (list(s) for s in list(index.values()))
+            if store and not store[-1]["metadata"].get("deletionTimestamp")
+        ]
+        self._truth_task = asyncio.create_task(self._truth(bodies), name="truth pass")
+
     def start_pool(self) -> None:
         """Create the worker threads (run() does; tests call it directly)."""
         self._pool = ThreadPoolExecutor(self.settings.rollout_workers, thread_name_prefix="rollout")
@@ -390,6 +457,7 @@ class RolloutLoop:
                     task = asyncio.create_task(self.work(w, time.time()))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                self.start_truth(index, time.time())
             except Exception:  # noqa: BLE001 - a bad pass must not end rollouts for good
                 log.exception("rollout loop")
             await asyncio.sleep(max(0.1, self.settings.rollout_tick_s - (time.monotonic() - started)))

@@ -15,7 +15,7 @@ import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
-from paddle_operator import promql
+from paddle_operator import promql, truth
 from paddle_operator.rollout import Figures, SLAFigures, Unreachable
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -73,6 +73,23 @@ class PrometheusQuerier:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise _QueryFailed(f"malformed sample: {result[0]!r}") from exc
         return None if math.isnan(value) or math.isinf(value) else value
+
+    def vector(self, query: str) -> list[dict]:
+        """The samples of an instant query, as Prometheus returns them (``metric``, ``value``)."""
+        try:
+            result = self._conn.custom_query(query)
+        except (requests.RequestException, PrometheusApiClientException, ValueError, KeyError) as exc:
+            raise _QueryFailed(_short(exc)) from exc
+        if not isinstance(result, list):
+            raise _QueryFailed(f"unexpected result type {type(result).__name__}")
+        return result
+
+    def runtime_reports(self) -> truth.Reports | Unreachable:
+        """What every pod of every resource reports (served version, fallback, reload error)."""
+        try:
+            return truth.index_samples(self.vector(promql.runtime_truth()))
+        except _QueryFailed as exc:
+            return Unreachable(f"{self.url}: {exc}")
 
     def canary_figures(self, target: promql.Target, window_s: float) -> Figures | Unreachable:
         """p99, error rate, request count and QPS of one track over ``window_s``."""

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 
 REQUESTS_TOTAL = "paddle_runtime_requests_total"
 DURATION_BUCKET = "paddle_runtime_request_duration_seconds_bucket"
+MODEL_INFO = "paddle_runtime_model_info"
+FALLBACK_ACTIVE = "paddle_runtime_fallback_active"
+RELOAD_FAILING = "paddle_runtime_reload_failing"
 
 #: Label names the operator expects on every scraped runtime series.
 LABEL_NAMESPACE = "namespace"
 LABEL_SERVICE = "service"
 LABEL_TRACK = "track"
+LABEL_POD = "pod"
 
 #: Server-side faults only: 4xx are the caller's problem and must not fail a canary.
 ERROR_CODE_REGEX = "5.."
@@ -182,3 +186,14 @@ def sla_queries(
         qps=request_rate(target, rate_window_s),
         error_budget_remaining=error_budget_remaining(target, window_s, availability_target),
     )
+
+
+def runtime_truth() -> str:
+    """Every pod's served version, fallback state and reload error, of *all* resources: one query.
+
+    A plain selector on three names keeps each series' name and labels (``or`` would drop series
+    whose labels collide); ``role!="fallback"`` drops the fallback's model_info but keeps the gauges
+    that have no ``role`` label. Cost grows with pods, not with queries: about three series a pod.
+    """
+    names = "|".join((MODEL_INFO, FALLBACK_ACTIVE, RELOAD_FAILING))
+    return f'{{__name__=~"{names}",{LABEL_SERVICE}!="",role!="fallback"}}'

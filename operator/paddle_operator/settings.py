@@ -38,6 +38,10 @@ class OperatorSettings(BaseSettings):
     sla_period_s: float = Field(default=30.0, gt=0)
     """How often ``status.sla`` and the ``SLAMet`` condition are refreshed from Prometheus."""
 
+    truth_period_s: float = Field(default=10.0, gt=0)
+    """How often the pods' reports (served version, fallback, reload errors) are read from Prometheus
+    into status: one query for all resources per period, writes only where something changed."""
+
     blocked_recheck_s: float = Field(default=20.0, gt=0)
     """How often a resource that is blocked (``ReconcileError=True``: a missing Secret or PVC) is
     reconciled again by the rollout loop, so a Secret created later is picked up."""

@@ -7,10 +7,12 @@ Each status field has exactly one writer, which server-side applies it under its
 field manager               fields                                                       writer
 ==========================  ===========================================================  ==========
 ``STATUS_MANAGER``          observedGeneration, replicas, readyReplicas, replicaSummary,  reconcile
-                            selector, tag, modelVersion, url, fallback, warnings,
-                            conditions Ready/Available/Progressing/Degraded/ReconcileError
+                            selector, tag, url, warnings,
+                            conditions Ready/Available/Progressing/ReconcileError
 ``ROLLOUT_MANAGER``         stableTag, rollout                                            canary.tick
 ``SLA_MANAGER``             sla, condition SLAMet                                         canary.evaluate_sla
+``TRUTH_MANAGER``           served, modelVersion, fallback,                               canary.apply_truth
+                            conditions Degraded/ModelCurrent                              (truth.py)
 ==========================  ===========================================================  ==========
 
 ``compute_status`` is the single place the reconcile's conditions are decided; ``lastTransitionTime``
@@ -29,8 +31,9 @@ from .spec import FIELD_MANAGER, LABEL_SERVICE, PaddleModelService
 STATUS_MANAGER = f"{FIELD_MANAGER}-status"
 ROLLOUT_MANAGER = f"{FIELD_MANAGER}-rollout"
 SLA_MANAGER = f"{FIELD_MANAGER}-sla"
+TRUTH_MANAGER = f"{FIELD_MANAGER}-truth"
 
-CONDITION_TYPES = ("Ready", "Available", "Progressing", "Degraded", "ReconcileError")
+CONDITION_TYPES = ("Ready", "Available", "Progressing", "ReconcileError")
 # Availability at or above which one replica is a single point of failure worth a warning.
 HA_AVAILABILITY = 99.9
 
@@ -186,12 +189,7 @@ def compute_status(
     else:
         add("Progressing", False, "Complete", f"{ready_replicas}/{desired} replicas up to date and ready")
 
-    if deadline:
-        add("Degraded", True, "ProgressDeadlineExceeded", (prog_c or {}).get("message") or "rollout stuck")
-    elif available and ready_replicas < desired:
-        add("Degraded", True, "ReplicasUnavailable", f"only {ready_replicas}/{desired} replicas ready")
-    else:
-        add("Degraded", False, "AsExpected", "no degradation observed")
+    # Degraded (these Deployment signs plus the pods' own reports) belongs to truth.py.
 
     if obs.problems:
         add("Ready", False, obs.problems[0].reason, "; ".join(p.message for p in obs.problems))
@@ -211,13 +209,11 @@ def compute_status(
         "selector": f"{LABEL_SERVICE}={svc.name}",
         # What stable runs, read from its Deployment: during a canary spec.tag is the candidate, not this.
         "tag": _deployment_tag(dep) or old_status.get("stableTag") or svc.spec.tag,
-        "modelVersion": svc.spec.model.version or "unversioned",
         "url": svc.url,
-        "fallback": old_status.get("fallback") if old_status.get("fallback") == "Active" else
-        ("Armed" if svc.spec.fallback is not None else "Off"),
         "warnings": warnings_for(svc, obs),
     }
-    # Not here: stableTag/rollout (the rollout controller) and sla (the SLA evaluator), see above.
+    # Not here: stableTag/rollout (the rollout controller), sla (the SLA evaluator) and what the pods
+    # report (truth.py), see above.
     return status
 
 

@@ -257,6 +257,7 @@ class FallbackRouter:
         # During the ramp both serve; the gauges show the share of traffic each gets.
         metrics.ACTIVE_ROLE.labels(MAIN).set(share)
         metrics.ACTIVE_ROLE.labels(FALLBACK).set(1.0 - share)
+        metrics.FALLBACK_ACTIVE.set(0 if self.state == MAIN else 1)
 
     async def _probe_loop(self) -> None:
         """While on the fallback, replay the last request on main to see whether it recovered."""

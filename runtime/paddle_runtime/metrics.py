@@ -9,6 +9,10 @@ objects.  Label sets:
 * ``batch_size{model}``, ``batch_size_chosen{model}``, ``queue_depth{model}`` (batcher), ``inflight_requests{model}`` (server),
 * ``model_info{model,version,device,role}`` = 1 for each loaded engine,
 * resilience: ``active_role{role}``, ``fallback_switches_total{to}``, ``reloads_total{result}``,
+* state the operator writes into the resource's status (one query for all pods, see
+  ``paddle_operator.promql.runtime_truth``): ``fallback_active`` (1 while any traffic goes to the
+  fallback), ``reload_failing{error}`` (1 while the candidate on disk is refused; no series otherwise),
+  ``reload_last_failure_timestamp_seconds``,
 * GPU (only when NVML finds a device): ``gpu_utilization_percent{gpu}``, ``gpu_memory_used_bytes{gpu}``,
 * SLO (only while ``spec.sla`` sets them, see :func:`set_slo`): ``slo_objective_ratio{model,slo}``,
   ``slo_latency_target_seconds{model}``, ``requests_over_latency_target_total{model,version,role}``;
@@ -45,6 +49,11 @@ GPU_MEMORY_USED = Gauge("paddle_runtime_gpu_memory_used_bytes", "GPU memory used
 ACTIVE_ROLE = Gauge("paddle_runtime_active_role", "1 for the role currently serving", ["role"])
 FALLBACK_SWITCHES = Counter("paddle_runtime_fallback_switches", "Switches between main and fallback", ["to"])
 RELOADS = Counter("paddle_runtime_reloads", "Hot reload attempts by result", ["result"])
+FALLBACK_ACTIVE = Gauge("paddle_runtime_fallback_active", "1 while the fallback model serves any traffic")
+RELOAD_FAILING = Gauge("paddle_runtime_reload_failing",
+                       "1 while the model on disk is refused by hot reload (the old one keeps serving)", ["error"])
+RELOAD_LAST_FAILURE = Gauge("paddle_runtime_reload_last_failure_timestamp_seconds",
+                            "Unix time of the last refused hot reload (0: none)")
 # SLO (spec.sla): the objectives as series, so one set of Prometheus rules serves every service, and
 # the latency SLI as a counter at the exact target (a histogram bucket rarely sits on it).
 SLO_OBJECTIVE = Gauge("paddle_runtime_slo_objective_ratio",
@@ -58,6 +67,19 @@ LATENCY_OBJECTIVE = 0.99
 
 # Latency target (seconds) that observe_success counts against; 0 = no latency SLO.
 _slo_latency_target_s = 0.0
+
+
+# Label values end up in a resource's status message: bounded, one line.
+_ERROR_LABEL_MAX = 200
+
+
+def set_reload_failing(error: str | None, at: float | None = None) -> None:
+    """Report the reload error now in force (one series), or clear it with ``None``."""
+    RELOAD_FAILING.clear()
+    if error is not None:
+        RELOAD_FAILING.labels(" ".join(error.split())[:_ERROR_LABEL_MAX]).set(1)
+        if at is not None:
+            RELOAD_LAST_FAILURE.set(at)
 
 
 def render() -> tuple[bytes, str]:

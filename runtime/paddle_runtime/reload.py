@@ -116,6 +116,7 @@ class ReloadManager:
         self.last_error: str | None = None
         self.last_error_at: str | None = None
         self.last_attempt_at: str | None = None
+        self.failing = False  # the source on disk is refused now (last_error stays as history)
         self.counts = {"success": 0, "failure": 0}
         # Both label values exist from the start, so a dashboard shows 0 rather than "no data".
         metrics.RELOADS.labels("success")
@@ -177,6 +178,10 @@ class ReloadManager:
             except ModelLoadError as exc:
                 self._fail(None, ModelRejected(str(exc), kind="missing"))
             sig = self._signature(target)
+            if sig == self._source_sig and self.failing:
+                # The refused candidate is gone (``current`` points at what serves): so is the error.
+                self._failed_sig, self.failing = None, False
+                metrics.set_reload_failing(None)
             if not force and (sig == self._source_sig or sig == self._failed_sig):
                 return {"result": "unchanged", "version": self.handle.version}
             return self._reload_locked(target, sig)
@@ -220,7 +225,8 @@ class ReloadManager:
         elapsed_ms = 1000 * (time.perf_counter() - t0)
         self.previous_version = old.version
         self.model_dir = target
-        self._source_sig, self._failed_sig = sig, None
+        self._source_sig, self._failed_sig, self.failing = sig, None, False
+        metrics.set_reload_failing(None)
         self.loaded_at = _now()
         self.load_ms = round(elapsed_ms, 1)
         self.counts["success"] += 1
@@ -254,6 +260,8 @@ class ReloadManager:
         metrics.RELOADS.labels("failure").inc()
         self.last_error = f"{exc.kind}: {exc.message}"
         self.last_error_at = _now()
+        self.failing = True
+        metrics.set_reload_failing(self.last_error, time.time())
         # to_version stays null: a refused candidate may have no readable version at all.
         log.error(
             "reload of %s refused (%s); still serving %s %s",
@@ -280,5 +288,6 @@ class ReloadManager:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_attempt_at": self.last_attempt_at,
+            "reload_failing": self.failing,
             "reloads": dict(self.counts),
         }

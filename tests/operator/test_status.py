@@ -78,14 +78,15 @@ def test_hpa_warning_read_back() -> None:
 
 
 def test_reconcile_status_leaves_the_other_writers_fields_alone() -> None:
-    """One writer per field: the reconcile never writes stableTag/rollout (rollout) or sla/SLAMet."""
+    """One writer per field: the reconcile never writes stableTag/rollout (rollout), sla/SLAMet, or
+    what the pods report (served/modelVersion/fallback, Degraded/ModelCurrent)."""
     svc = load_case("minimal")
     other = {"stableTag": "0.0.9", "rollout": {"phase": "Promoted"}, "sla": {"p99Ms": 120.0, "summary": "120/300ms"},
              "conditions": [{"type": "SLAMet", "status": "True", "lastTransitionTime": "t0"}]}
     for old in (None, other):
         st = compute_status(svc, Observed(deployment=_dep(1, 1, True)), old)
-        assert not {"stableTag", "rollout", "sla"} & set(st)
-        assert {c["type"] for c in st["conditions"]} == {"Ready", "Available", "Progressing", "Degraded", "ReconcileError"}
+        assert not {"stableTag", "rollout", "sla", "served", "modelVersion", "fallback"} & set(st)
+        assert {c["type"] for c in st["conditions"]} == {"Ready", "Available", "Progressing", "ReconcileError"}
 
 
 def test_unchanged_status_is_not_rewritten() -> None:

@@ -106,6 +106,7 @@ def test_fallback_on_latency_and_errors_with_ramp_and_live_thresholds(
     try:
         wait_until(lambda: sum(r[2] == "main" for r in rec.results) > 10, 30, "main answering")
         assert rec.state() == "main"
+        assert metric_value(srv.url, "paddle_runtime_fallback_active") == 0
 
         # 1. Latency: main becomes slow -> the fallback takes over, nobody sees an error.
         t_slow = time.monotonic()
@@ -116,6 +117,7 @@ def test_fallback_on_latency_and_errors_with_ramp_and_live_thresholds(
         )
         assert metric_value(srv.url, "paddle_runtime_fallback_switches_total", to="fallback") == 1
         assert metric_value(srv.url, "paddle_runtime_active_role", role="fallback") == 1
+        assert metric_value(srv.url, "paddle_runtime_fallback_active") == 1
 
         # 2. Recovery: main is fast again -> hold, then 10 -> 30 -> 60 -> 100 %, then main.
         t_fast = time.monotonic()
@@ -125,6 +127,7 @@ def test_fallback_on_latency_and_errors_with_ramp_and_live_thresholds(
         first_ramp = next(t for t, s, _ in rec.states if t >= t_fast and s == "ramp")
         assert first_ramp - t_fast >= BASE_CONFIG["fallback_hold_s"]  # held before ramping
         assert metric_value(srv.url, "paddle_runtime_fallback_switches_total", to="main") == 1
+        assert metric_value(srv.url, "paddle_runtime_fallback_active") == 0
 
         # 3. Errors: every main predict fails -> each failed request is answered by the fallback.
         t_err = time.monotonic()

@@ -248,3 +248,31 @@ def test_s3_without_the_extra_is_a_named_config_error(tmp_path: Path) -> None:
         timeout=120,
     )
     assert r.returncode == 2 and "s3:// needs boto3" in r.stderr, r.stderr
+
+
+def _with_model_yaml_version(model: Path, version: str | None) -> None:
+    (model / "model.yaml").unlink(missing_ok=True)
+    if version is not None:
+        (model / "model.yaml").write_text(f"version: {version}\n")
+
+
+def test_version_directory_is_named_by_flag_then_manifest_then_model_yaml(cls_model: Path, tmp_path: Path) -> None:
+    from paddle_runtime.model_dir import load_model_files
+
+    _with_model_yaml_version(cls_model, "b")
+    r = fetch(str(cls_model), tmp_path / "flag", FetchOptions(version="g0"))
+    assert r.path.name == "g0"
+    # What the runtime reports: model.yaml's version first, the directory name only without one.
+    assert load_model_files(tmp_path / "flag").version == "b"
+    assert fetch(str(cls_model), tmp_path / "yaml").path.name == "b"
+    sign_model_dir(cls_model, version="m1")
+    assert fetch(str(cls_model), tmp_path / "manifest").path.name == "m1"
+    assert fetch(str(cls_model), tmp_path / "empty-flag", FetchOptions(version="")).path.name == "m1"
+
+
+def test_runtime_reports_the_directory_name_without_a_model_yaml_version(cls_model: Path, tmp_path: Path) -> None:
+    from paddle_runtime.model_dir import load_model_files
+
+    _with_model_yaml_version(cls_model, None)
+    fetch(str(cls_model), tmp_path / "d", FetchOptions(version="g0"))
+    assert load_model_files(tmp_path / "d").version == "g0"

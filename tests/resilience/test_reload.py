@@ -121,6 +121,21 @@ def _flip_byte(p: Path) -> None:
     p.write_bytes(bytes(data))
 
 
+def _failing(url: str) -> dict[str, float]:
+    """The ``paddle_runtime_reload_failing`` series on /metrics: error label -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    return {
+        s.labels["error"]: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "paddle_runtime_reload_failing"
+    }
+
+
 def test_bad_candidates_are_refused_and_the_old_model_keeps_serving(
     tmp_path: Path, seeds, x, expected, runtime_server
 ) -> None:
@@ -178,12 +193,22 @@ def test_bad_candidates_are_refused_and_the_old_model_keeps_serving(
         )
         assert info["last_error"].startswith(kind + ":"), (name, info["last_error"])
         assert info["version"] == "v0" and info["reloads"]["success"] == 0
+        # What the operator reads: exactly one failing series, carrying the error /version shows.
+        failing = _failing(srv.url)
+        assert list(failing) == [" ".join(info["last_error"].split())[:200]] and info["reload_failing"], (name, failing)
+        assert metric_value(srv.url, "paddle_runtime_reload_last_failure_timestamp_seconds") > 0
         status, version, role, arr = client.infer()
         assert status == 200 and version == "v0", (name, status, arr)
         np.testing.assert_allclose(arr, expected[0], rtol=1e-3, atol=1e-4)
     assert srv.proc.poll() is None  # the server survived the garbage model
     assert metric_value(srv.url, "paddle_runtime_reloads_total", result="failure") == len(cases)
     assert "refused" in srv.log()
+    # Pointing current back at what serves is the cause gone: the error series goes with it (SIGHUP
+    # forces a reload, so v0 is loaded again: one success).
+    switch_current(dest, good)
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: not _failing(srv.url), 60, "reload_failing cleared after current is back on v0")
+    assert get_json(srv.url, "/version")["reload_failing"] is False
     # After all that, a good version still goes through.
     publish(seeds[1], dest, "v1", hmac_key=HMAC)
     srv.proc.send_signal(signal.SIGHUP)
@@ -191,7 +216,7 @@ def test_bad_candidates_are_refused_and_the_old_model_keeps_serving(
     status, version, _, arr = client.infer()
     np.testing.assert_allclose(arr, expected[1], rtol=1e-3, atol=1e-4)
     info = get_json(srv.url, "/version")
-    assert info["previous_version"] == "v0" and info["reloads"]["success"] == 1
+    assert info["previous_version"] == "v0" and info["reloads"]["success"] == 2
     client.close()
 
 

@@ -26,7 +26,7 @@ from ..spec import (
     parse_pvc_uri,
 )
 from .common import STABLE, labels, object_meta, selector_labels
-from .configmap import MODEL_URI_KEY
+from .configmap import MODEL_URI_KEY, MODEL_VERSION_KEY
 
 # A non-root UID/GID that exists in no base image: Pod Security "restricted" needs non-root, and a
 # numeric UID lets the kubelet verify it without reading /etc/passwd.
@@ -201,16 +201,27 @@ def build_deployment(
                 "valueFrom": {"configMapKeyRef": {"name": svc.configmap_name, "key": MODEL_URI_KEY}},
             }
         )
+        fetch_env.append(
+            {
+                "name": "MODEL_VERSION",
+                "valueFrom": {"configMapKeyRef": {"name": svc.configmap_name, "key": MODEL_VERSION_KEY}},
+            }
+        )
         uri_arg = "$(MODEL_URI)"
+        # Empty when the spec names no version: fetch then falls back to the manifest, model.yaml.
+        version_args = ["--version", "$(MODEL_VERSION)"]
     else:
         uri_arg = main_uri
+        # fetch names the version directory after the spec (model.yaml's version still wins in what
+        # the runtime reports: docs/contracts.md, "One version label").
+        version_args = ["--version", spec.model.version] if spec.model.version else []
     init_containers = [
         {
             "name": "fetch-model",
             "image": image,
             "imagePullPolicy": spec.image_pull_policy,
             "command": ["paddle-runtime"],
-            "args": ["fetch", "--uri", uri_arg, "--dest", MAIN_MODEL_DIR, *verify_args],
+            "args": ["fetch", "--uri", uri_arg, "--dest", MAIN_MODEL_DIR, *version_args, *verify_args],
             "env": fetch_env,
             "volumeMounts": fetch_mounts + pvc_mounts,
             "resources": _resources(svc, with_gpu=False),
@@ -297,11 +308,14 @@ def build_deployment(
                 "args": [
                     # Re-fetch only when the URI in the mounted ConfigMap changes; fetch writes
                     # versions/<v> and switches the `current` link atomically, which the runtime watches.
+                    # The version comes from the same ConfigMap, so it moves with the URI.
                     f'last="$(cat {CONFIG_DIR}/{MODEL_URI_KEY})"; '
                     f"while sleep {SYNC_POLL_S}; do "
                     f'cur="$(cat {CONFIG_DIR}/{MODEL_URI_KEY})"; '
+                    f'ver="$(cat {CONFIG_DIR}/{MODEL_VERSION_KEY})"; '
                     f'if [ "$cur" != "$last" ]; then '
-                    f'paddle-runtime fetch --uri "$cur" --dest {MAIN_MODEL_DIR} {" ".join(verify_args)} '
+                    f'paddle-runtime fetch --uri "$cur" --dest {MAIN_MODEL_DIR} ${{ver:+--version "$ver"}} '
+                    f'{" ".join(verify_args)} '
                     f'&& last="$cur"; fi; done'
                 ],
                 "env": [{"name": "HOME", "value": "/tmp"}],
