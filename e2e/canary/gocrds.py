@@ -104,7 +104,8 @@ def fetch(source: CRDSource, root: Path | None = None) -> Path:
     """The directory holding ``source``'s CRD files, fetched on first use."""
     dest = (root or cache_dir() / "crds") / f"{source.name}-{source.version}"
     stamp = dest / ".complete"
-    if stamp.exists():
+    # A source whose file list grew since the cache was filled is fetched again.
+    if stamp.exists() and all((dest / Path(rel).name).exists() for rel in source.files):
         return dest
     mod_dir = _module_dir(source.module, source.version)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent if dest.parent.exists() else None))

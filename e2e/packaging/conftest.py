@@ -26,7 +26,10 @@ PROMETHEUS_OPERATOR = CRDSource(
     "prometheus-operator",
     "github.com/prometheus-operator/prometheus-operator",
     "v0.85.0",
-    ("example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",),
+    (
+        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+        "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+    ),
 )
 
 
@@ -76,5 +79,5 @@ def argocd_crds(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="session")
 def servicemonitor_crd(cluster: Cluster) -> None:
-    """The Prometheus Operator's ServiceMonitor CRD (pinned), to validate the chart's monitoring objects."""
+    """The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs (pinned), for the chart's monitoring objects."""
     _install_addon(cluster, PROMETHEUS_OPERATOR)
