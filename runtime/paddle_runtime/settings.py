@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -300,15 +300,18 @@ class RuntimeSettings(BaseSettings):
     def for_stage(self, stage: str, model_dir: str, model_name: str = "") -> RuntimeSettings:
         """The settings of one pipeline stage's model: the runtime's, the stage's model directory and
         name, no fallback unless the stage names one, then the stage's ``ocr_stages`` entry."""
+        # config_file None: every value is given here, and the file (which holds ocr_stages) is not re-read.
         update: dict[str, Any] = {"model_dir": model_dir, "model_name": model_name, "fallback_model_dir": "",
-                                  "ocr_stages": {}, "pipeline": ""}
+                                  "ocr_stages": {}, "pipeline": "", "config_file": None}
         if stage == "det":
             update["max_batch_size"] = self.ocr_det_max_batch_size
         update.update(self.ocr_stages.get(stage, {}))  # type: ignore[call-overload]
         try:
             return type(self).model_validate({**self.model_dump(), **update})
-        except ValueError as exc:
-            raise ValueError(f"ocr_stages.{stage}: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"ocr_stages.{stage}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ValueError(problems) from None
 
     @field_validator("log_level")
     @classmethod
