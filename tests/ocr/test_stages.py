@@ -104,16 +104,21 @@ def fallback_server(runtime_server: Any, tmp_path: Path, ocr_det_dir: Path, ocr_
     quick = {"fallback_hold_s": 1.0, "fallback_ramp_step_s": 0.5, "fallback_recovery_steps": [50, 100],
              "fallback_probe_interval_s": 0.5}
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"ocr_stages": {
-        # rec: errors switch it (2 in a row); det: latency (one request over 8 s; nothing on this
-        # machine takes that long unless injected).
-        "rec": {"fallback_model_dir": str(rec_fb), "fallback_error_threshold": 2, "fallback_window": 2, **quick},
-        "det": {"fallback_model_dir": str(det_fb), "fallback_latency_threshold_ms": 8000, "fallback_window": 1,
-                **quick},
-    }}))
+
+    def stages(det_threshold_ms: int, rec_batch: int) -> dict[str, Any]:
+        # rec: errors switch it (2 in a row); det: latency (one request over the threshold).
+        return {"ocr_stages": {
+            "rec": {"fallback_model_dir": str(rec_fb), "fallback_error_threshold": 2, "fallback_window": 2,
+                    "max_batch_size": rec_batch, **quick},
+            "det": {"fallback_model_dir": str(det_fb), "fallback_latency_threshold_ms": det_threshold_ms,
+                    "fallback_window": 1, **quick},
+        }}
+
+    config.write_text(yaml.safe_dump(stages(60000, 8)))
     srv = runtime_server("", "--pipeline", "ppocr", "--config", str(config), timeout=300,
                          env={"PADDLE_RUNTIME_FAULT_INJECTION_FILE": str(faults)})
     srv.faults = faults
+    srv.config, srv.stages = config, stages
     return srv
 
 
@@ -123,6 +128,12 @@ def test_a_failing_or_slow_stage_falls_back_while_the_pipeline_keeps_answering_t
     info = get_json(srv.url, "/version")
     assert {st: info["stages"][st]["fallback"] and info["stages"][st]["fallback"]["state"] for st in info["stages"]} \
         == {"det": "main", "cls": None, "rec": "main"}
+    # Stage thresholds and batching are live: the config watcher hands each stage its own (8 s for det:
+    # nothing on this machine takes that long unless injected).
+    srv.config.write_text(yaml.safe_dump(srv.stages(8000, 4)))
+    wait_until(lambda: (i := get_json(srv.url, "/version")["stages"])["det"]["fallback"]["thresholds"][
+        "fallback_latency_threshold_ms"] == 8000 and i["rec"]["batching"]["maxBatchSize"] == 4, 30, "live stage settings")
+    assert get_json(srv.url, "/version")["stages"]["det"]["batching"]["maxBatchSize"] == 1  # det's own cap, untouched
     with Load(srv.url, _single(ocr_cases)) as load:
         wait_until(lambda: len(load.answers) >= 2, 240, "steady traffic")
 
