@@ -1,6 +1,7 @@
 """``paddle-runtime serve``: the one place the runtime is wired together, and its lifecycle.
 
-Assembly (:func:`assemble`), nothing else in the package connects parts::
+Assembly (:func:`assemble`; each model unit by :func:`~.unit.assemble_unit`, the same for a single
+model and for every stage of a pipeline, whose own assembly is ``ocr/serve.py``)::
 
     model units (unit.py): one for ``model_dir``, or one per stage of a pipeline (ocr/serve.py)
       each: engine (PaddleEngine, or the test-only FaultInjector around it)
