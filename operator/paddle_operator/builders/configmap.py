@@ -1,8 +1,9 @@
 """ConfigMap ``<name>-runtime``: the runtime settings the runtime re-reads without a restart.
 
 Only hot-reloadable settings live here (batching, fallback thresholds, reload poll, SLO objectives,
-the model sources for ``update: HotReload``; a pipeline's per-stage fallbacks and keys as ``ocr_stages``). Engine settings that need a new predictor (device, precision, TensorRT,
-threads) are environment variables in the pod template instead, so changing them rolls the pods
+the model sources for ``update: HotReload``; a pipeline's per-stage fallbacks and keys as
+``ocr_stages``). Engine settings that need a new predictor (device, precision, TensorRT, threads)
+are environment variables in the pod template instead, so changing them rolls the pods
 while changing these does not. Keys of ``config.yaml`` are RuntimeSettings field names
 (docs/contracts.md).
 """
