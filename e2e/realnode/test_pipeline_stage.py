@@ -143,8 +143,8 @@ def test_one_stage_hot_reloaded_in_the_running_pipeline_pod_with_no_restart_and_
         after = wait_for(lambda: (st := _stages(address)) and st["det"]["version"] == "v4d" and st, 420,
                          "the pod to serve det v4d", dump=s.dump, interval=1)
         swap_s = time.monotonic() - t0
-        first = next((t for t, code, v in load.answers if code == 200 and v == "v4d"), None)
         wait_for(lambda: sum(1 for a in load.answers if a[2] == "v4d") >= 4, 120, "answers from det v4d", dump=s.dump)
+        first = next((t for t, code, v in load.answers if code == 200 and v == "v4d"), None)
     finally:
         summary = load.stop()
         base.close()
