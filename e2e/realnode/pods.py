@@ -229,12 +229,12 @@ def serve_dir(root: Path, host: str) -> Iterator[str]:
         httpd.server_close()
 
 
-def signed_copy(dest: Path, key_file: Path | None, version: str) -> Path:
-    """The rapidocr wheel's PP-OCRv4 rec model copied to ``dest`` and signed with ``paddle-runtime sign``
-    (manifest only without ``key_file``)."""
+def signed_copy(dest: Path, key_file: Path | None, version: str, model: str = "ch_PP-OCRv4_rec_infer") -> Path:
+    """One of the rapidocr wheel's models (default the PP-OCRv4 rec) copied to ``dest`` and signed with
+    ``paddle-runtime sign`` (manifest only without ``key_file``)."""
     import sys
 
-    shutil.copytree(rapidocr_root() / "models" / "ch_PP-OCRv4_rec_infer", dest)
+    shutil.copytree(rapidocr_root() / "models" / model, dest)
     runtime = Path(sys.executable).with_name("paddle-runtime")
     keys = ["--hmac-key-file", str(key_file)] if key_file is not None else []
     subprocess.run(

@@ -44,11 +44,23 @@ def check_preconditions(kube: Kube, svc: PaddleModelService) -> list[Problem]:
     problems: list[Problem] = []
     spec = svc.spec
     refs: list[tuple[str, Any, str]] = []
-    sig = spec.model.signature
-    if sig is not None and sig.hmac_key_secret_ref is not None:
-        refs.append(("spec.model.signature.hmacKeySecretRef", sig.hmac_key_secret_ref, "hmac.key"))
-    if sig is not None and sig.public_key_secret_ref is not None:
-        refs.append(("spec.model.signature.publicKeySecretRef", sig.public_key_secret_ref, "public.pem"))
+    uris = [("spec.model.uri", spec.model.uri)]
+    if spec.fallback is not None:
+        uris.append(("spec.fallback.uri", spec.fallback.uri))
+    signatures = [("spec.model.signature", spec.model.signature)]
+    if spec.pipeline is not None:
+        fields = {"det": "detection", "cls": "classifier"}
+        for key, stage in spec.pipeline.stages().items():
+            where = f"spec.pipeline.{fields[key]}"
+            signatures.append((f"{where}.signature", stage.signature))
+            uris.append((f"{where}.uri", stage.uri))
+            if stage.fallback is not None:
+                uris.append((f"{where}.fallback.uri", stage.fallback.uri))
+    for where, sig in signatures:
+        if sig is not None and sig.hmac_key_secret_ref is not None:
+            refs.append((f"{where}.hmacKeySecretRef", sig.hmac_key_secret_ref, "hmac.key"))
+        if sig is not None and sig.public_key_secret_ref is not None:
+            refs.append((f"{where}.publicKeySecretRef", sig.public_key_secret_ref, "public.pem"))
     if spec.auth is not None and spec.auth.token_secret_ref is not None:
         refs.append(("spec.auth.tokenSecretRef", spec.auth.token_secret_ref, "token"))
     for path, ref, default_key in refs:
@@ -58,9 +70,6 @@ def check_preconditions(kube: Kube, svc: PaddleModelService) -> list[Problem]:
             problems.append(Problem("SecretNotFound", f"{path}: Secret {svc.namespace}/{ref.name} not found"))
         elif key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
             problems.append(Problem("SecretKeyNotFound", f"{path}: Secret {ref.name} has no key {key!r}"))
-    uris = [("spec.model.uri", spec.model.uri)]
-    if spec.fallback is not None:
-        uris.append(("spec.fallback.uri", spec.fallback.uri))
     for path, uri in uris:
         pvc = parse_pvc_uri(uri)
         if pvc is not None and kube.get("v1", "PersistentVolumeClaim", svc.namespace, pvc[0]) is None:

@@ -48,10 +48,21 @@ FALLBACK_MODEL_DIR = f"{MODEL_ROOT}/fallback"
 CONFIG_DIR = "/etc/paddle-runtime"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 SECRETS_DIR = "/var/run/secrets/paddle-runtime"
-# spec.pipeline stage models: fetched next to the main model (which is the recognition stage).
+# spec.pipeline stage models: fetched next to the main model (which is the recognition stage, its
+# fallback spec.fallback), each stage's fallback beside it.
 DET_MODEL_DIR = f"{MODEL_ROOT}/det"
 CLS_MODEL_DIR = f"{MODEL_ROOT}/cls"
+STAGE_MODEL_DIRS = {"det": DET_MODEL_DIR, "cls": CLS_MODEL_DIR}
+STAGE_FALLBACK_DIRS = {"det": f"{MODEL_ROOT}/det-fallback", "cls": f"{MODEL_ROOT}/cls-fallback"}
 BUNDLED_MODELS_URI = "file:///opt/paddle-runtime/models"
+KEY_FILES = {"hmac": "hmac.key", "public": "public.pem"}
+
+
+def key_file(kind: str, stage: str = "") -> str:
+    """Where the runtime reads a signature key (``hmac`` or ``public``): spec.model's, or a pipeline
+    stage's own (``det``, ``cls``), each Secret mounted in a directory of its own."""
+    return f"{SECRETS_DIR}/{stage + '-' if stage else ''}{kind}/{KEY_FILES[kind]}"
+
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
 
@@ -117,13 +128,23 @@ class Fallback(_Model):
         return v
 
 
-class DetectionStage(_Model):
+class Stage(_Model):
+    """A pipeline stage's model, a model like ``spec.model``: source, version, signature, fallback."""
+
+    uri: str
+    version: str | None = None
+    # Keys the stage's model is verified with; None = spec.model.signature's.
+    signature: Signature | None = None
+    fallback: Fallback | None = None
+
+
+class DetectionStage(Stage):
     """The text detection model of an OCR pipeline."""
 
     uri: str = f"{BUNDLED_MODELS_URI}/ch_PP-OCRv4_det_infer"
 
 
-class ClassifierStage(_Model):
+class ClassifierStage(Stage):
     """The text direction classifier of an OCR pipeline (optional stage)."""
 
     enabled: bool = True
@@ -136,6 +157,13 @@ class Pipeline(_Model):
     type: Literal["ppocr"]
     detection: DetectionStage = DetectionStage()
     classifier: ClassifierStage = ClassifierStage()
+
+    def stages(self) -> dict[str, Stage]:
+        """The stages besides recognition (``spec.model``), by runtime stage name: ``det``, ``cls`` if enabled."""
+        out: dict[str, Stage] = {"det": self.detection}
+        if self.classifier.enabled:
+            out["cls"] = self.classifier
+        return out
 
 
 class Resources(_Model):
@@ -272,6 +300,13 @@ class ServiceSpec(_Model):
     pod_labels: dict[str, str] = Field(default_factory=dict)
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     env: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def fallback_armed(self) -> bool:
+        """A fallback model is configured: ``spec.fallback``, or a pipeline stage's own."""
+        if self.fallback is not None:
+            return True
+        return self.pipeline is not None and any(st.fallback is not None for st in self.pipeline.stages().values())
 
     @property
     def autoscaled(self) -> bool:

@@ -137,7 +137,7 @@ def truth_status(
     )
     if stable_versions:
         out["modelVersion"] = _version_summary(stable_versions, sum(stable_versions.values()))
-    if svc.spec.fallback is None:
+    if not svc.spec.fallback_armed:
         out["fallback"] = "Off"
     elif fallback_pods:
         out["fallback"] = f"Active ({fallback_pods}/{total})"

@@ -171,13 +171,14 @@ class InferenceApp(App):
         # The one check of a request against the model; the handle never checks again.
         return await h.infer(validate_inputs(h.inputs, arrays, h.max_rows))
 
-    async def _accounted(
+    async def accounted(
         self, h: ModelHandle, work: Callable[[Callable[[dict[str, np.ndarray]], Awaitable[InferResult]]],
                                              Awaitable[Response]]
     ) -> Response:
-        """Per-request accounting shared by the inference routes: in-flight gauge, request counter by
-        code, latency of successful requests. ``work`` gets a ``run(inputs)`` that records which model
-        version and role answered, so the labels name them even when encoding the answer fails."""
+        """Per-request accounting shared by the inference routes (a pipeline's ``/ocr`` too): in-flight
+        gauge, request counter by code, latency of successful requests. ``work`` gets a ``run(inputs)``
+        that records which model version and role answered, so the labels name them even when encoding
+        the answer fails."""
         t0 = time.perf_counter()
         gauge = self._inflight(h.name)
         gauge.inc()
@@ -208,7 +209,7 @@ class InferenceApp(App):
             ireq = decode_infer_request(req.body, req.headers, h)
             return encode_infer_response(h, ireq, await run(ireq.inputs))
 
-        return await self._accounted(h, work)
+        return await self.accounted(h, work)
 
     async def predict(self, req: Request) -> Response:
         """Simple form: ``{"inputs": {name: nested list}}`` (or ``{"instances": [...]}`` for one input)."""
@@ -217,7 +218,7 @@ class InferenceApp(App):
         async def work(run: Callable[[dict[str, np.ndarray]], Awaitable[InferResult]]) -> Response:
             return encode_predict_response(h, await run(decode_predict_request(req.body, h)))
 
-        return await self._accounted(h, work)
+        return await self.accounted(h, work)
 
     def _inflight(self, model: str) -> Any:
         g = self._inflight_gauges.get(model)

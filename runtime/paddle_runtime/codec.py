@@ -7,6 +7,7 @@ the JSON header (``Inference-Header-Content-Length``), so large tensors are neve
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,47 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
     if any(d < 0 for d in raw):
         raise InvalidInput(f"input '{name}': shape {raw} has a negative dimension")
     return tuple(raw)
+
+
+def _bytes_input(name: str, t: dict[str, Any], shape: tuple[int, ...], count: int, binary: memoryview,
+                 offset: int) -> tuple[np.ndarray, int]:
+    """A BYTES tensor (object array of ``bytes``) and the new binary offset.
+
+    Binary form: each element a 4-byte little-endian length then its bytes (what ``tritonclient``
+    sends); JSON form: each element a string (UTF-8).
+    """
+    params = t.get("parameters") or {}
+    nbytes = params.get("binary_data_size") if isinstance(params, dict) else None
+    if nbytes is not None:
+        if not isinstance(nbytes, int) or nbytes < 0 or offset + nbytes > len(binary):
+            raise InvalidInput(f"input '{name}': binary_data_size {nbytes!r} does not fit the "
+                               f"{len(binary) - offset} bytes of binary data left")
+        raw, i, out = binary[offset:offset + nbytes], 0, []
+        for k in range(count):
+            if i + 4 > len(raw):
+                raise InvalidInput(f"input '{name}': binary BYTES data ends before element {k} of {count}")
+            (n,) = struct.unpack_from("<I", raw, i)
+            i += 4
+            if i + n > len(raw):
+                raise InvalidInput(f"input '{name}': element {k} claims {n} bytes, {len(raw) - i} are left")
+            out.append(bytes(raw[i:i + n]))
+            i += n
+        if i != len(raw):
+            raise InvalidInput(f"input '{name}': {len(raw) - i} bytes follow the {count} BYTES element(s)")
+        offset += nbytes
+    else:
+        try:
+            flat = np.asarray(t["data"], dtype=object).reshape(-1) if isinstance(t.get("data"), list) else None
+        except ValueError:  # ragged nesting
+            flat = None
+        if flat is None or not all(isinstance(d, str) for d in flat):
+            raise InvalidInput(f"input '{name}': BYTES data must be a list of strings, or binary tensor data")
+        if flat.size != count:
+            raise InvalidInput(f"input '{name}' has {flat.size} values, but shape {list(shape)} needs {count}")
+        out = [d.encode() for d in flat]
+    arr = np.empty(count, dtype=object)
+    arr[:] = out
+    return arr.reshape(shape), offset
 
 
 def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHandle) -> InferRequest:
@@ -80,6 +122,9 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
         dtype = OIP_TO_NUMPY[datatype]
         shape = _shape(name, t.get("shape"))
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if datatype == "BYTES":
+            inputs[name], offset = _bytes_input(name, t, shape, count, binary, offset)
+            continue
         params = t.get("parameters") or {}
         nbytes = params.get("binary_data_size") if isinstance(params, dict) else None
         if nbytes is not None:
@@ -159,7 +204,15 @@ def encode_infer_response(handle: ModelHandle, req: InferRequest, result: InferR
     for name, binary in wanted.items():
         a = np.ascontiguousarray(result.outputs[name])
         entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_OIP.get(a.dtype, "FP32"), "shape": list(a.shape)}
-        if binary:
+        if a.dtype == object:  # BYTES: str or bytes elements
+            elems = [x.encode() if isinstance(x, str) else bytes(x) for x in a.reshape(-1)]
+            if binary:
+                raw = b"".join(struct.pack("<I", len(e)) + e for e in elems)
+                entry["parameters"] = {"binary_data_size": len(raw)}
+                chunks.append(raw)
+            else:
+                entry["data"] = [e.decode("utf-8", "replace") for e in elems]
+        elif binary:
             entry["parameters"] = {"binary_data_size": a.nbytes}
             chunks.append(memoryview(a.data).cast("B"))
         else:

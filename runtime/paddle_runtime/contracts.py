@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -127,11 +127,16 @@ class Inputs:
 
 
 class InferResult(NamedTuple):
-    """What ``ModelHandle.infer`` returns: outputs plus which model version/role produced them."""
+    """What ``ModelHandle.infer`` returns: outputs plus which model version/role produced them.
+
+    ``details`` is what a handle adds beyond the tensors (a pipeline: its per-image results with
+    timings and the role of each stage), for routes of its own; the OIP codec ignores it.
+    """
 
     outputs: dict[str, np.ndarray]
     model_version: str
     role: str
+    details: Any = None
 
 
 @runtime_checkable

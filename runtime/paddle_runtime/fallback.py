@@ -76,8 +76,8 @@ class FallbackRouter:
         self.switches = {MAIN: 0, FALLBACK: 0}
         self.last_switch_reason: str | None = None
         self.last_switch_at: float | None = None
-        metrics.FALLBACK_SWITCHES.labels(MAIN)
-        metrics.FALLBACK_SWITCHES.labels(FALLBACK)
+        metrics.FALLBACK_SWITCHES.labels(main.name, MAIN)
+        metrics.FALLBACK_SWITCHES.labels(main.name, FALLBACK)
         self._publish_role()
 
     # ---- ModelHandle: metadata is the main model's (the contract both share) ---------------------------
@@ -239,7 +239,7 @@ class FallbackRouter:
         self.last_switch_at = time.time()
         if to in (MAIN, FALLBACK):
             self.switches[to] += 1
-            metrics.FALLBACK_SWITCHES.labels(to).inc()
+            metrics.FALLBACK_SWITCHES.labels(self.name, to).inc()
         log.warning("switching %s -> %s: %s", prev, to, reason,
                     extra=logs.event("fallback_switch", model=self.main.name, **{"from": prev, "to": to},
                                      from_version=self._version(prev), to_version=self._version(to),
@@ -255,9 +255,9 @@ class FallbackRouter:
             steps = self.params["fallback_recovery_steps"] or [100]
             share = steps[min(self.step, len(steps) - 1)] / 100.0
         # During the ramp both serve; the gauges show the share of traffic each gets.
-        metrics.ACTIVE_ROLE.labels(MAIN).set(share)
-        metrics.ACTIVE_ROLE.labels(FALLBACK).set(1.0 - share)
-        metrics.FALLBACK_ACTIVE.set(0 if self.state == MAIN else 1)
+        metrics.ACTIVE_ROLE.labels(self.name, MAIN).set(share)
+        metrics.ACTIVE_ROLE.labels(self.name, FALLBACK).set(1.0 - share)
+        metrics.set_fallback_active(self.name, self.state != MAIN)
 
     async def _probe_loop(self) -> None:
         """While on the fallback, replay the last request on main to see whether it recovered."""

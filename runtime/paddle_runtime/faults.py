@@ -30,6 +30,10 @@ class FaultInjector:
         main:     {delay_ms: 300}            # slow main model
         fallback: {fail: true}               # EngineError from every predict
         main:     {oom: true}                # the message Paddle gives when memory runs out
+        ppocr-rec: {main: {fail: true}}      # only the model of that name (a pipeline stage)
+
+A top-level key naming the engine's model holds the faults by role for that model alone; the other
+engines read the role keys.
 
     Delays are real sleeps in the predict thread, so queueing and batching behave as with a slow
     model. The real predict still runs (unless failing), so answers stay the model's own.
@@ -135,6 +139,8 @@ class FaultInjector:
                 mtime = self._path.stat().st_mtime_ns
                 if mtime != self._mtime:
                     doc = yaml.safe_load(self._path.read_text()) or {}
+                    if isinstance(doc, dict) and isinstance(doc.get(self._engine.name), dict):
+                        doc = doc[self._engine.name]
                     self._faults = dict(doc.get(self._role) or {}) if isinstance(doc, dict) else {}
                     self._mtime = mtime
             except (OSError, yaml.YAMLError):

@@ -8,11 +8,12 @@ objects.  Label sets:
   (the server records one per request; ``role`` is ``main`` or ``fallback``),
 * ``batch_size{model}``, ``batch_size_chosen{model}``, ``queue_depth{model}`` (batcher), ``inflight_requests{model}`` (server),
 * ``model_info{model,version,device,role}`` = 1 for each loaded engine,
-* resilience: ``active_role{role}``, ``fallback_switches_total{to}``, ``reloads_total{result}``,
+* resilience, per served model (an OCR pipeline's stages are models of their own: ``ppocr-det``, ...):
+  ``active_role{model,role}``, ``fallback_switches_total{model,to}``, ``reloads_total{model,result}``,
 * state the operator writes into the resource's status (one query for all pods, see
-  ``paddle_operator.promql.runtime_truth``): ``fallback_active`` (1 while any traffic goes to the
-  fallback), ``reload_failing{error}`` (1 while the candidate on disk is refused; no series otherwise),
-  ``reload_last_failure_timestamp_seconds``,
+  ``paddle_operator.promql.runtime_truth``): ``fallback_active`` (1 while any traffic of any model of
+  the process goes to a fallback), ``reload_failing{model,error}`` (1 while the candidate on disk is
+  refused; no series otherwise), ``reload_last_failure_timestamp_seconds``,
 * GPU (only when NVML finds a device): ``gpu_utilization_percent{gpu}``, ``gpu_memory_used_bytes{gpu}``,
 * SLO (only while ``spec.sla`` sets them, see :func:`set_slo`): ``slo_objective_ratio{model,slo}``,
   ``slo_latency_target_seconds{model}``, ``requests_over_latency_target_total{model,version,role}``;
@@ -46,12 +47,15 @@ MODEL_INFO = Gauge("paddle_runtime_model_info", "Loaded model (value 1)", ["mode
 GPU_UTILIZATION = Gauge("paddle_runtime_gpu_utilization_percent", "GPU utilisation (NVML)", ["gpu"])
 GPU_MEMORY_USED = Gauge("paddle_runtime_gpu_memory_used_bytes", "GPU memory used (NVML)", ["gpu"])
 # Resilience (reload.py / fallback.py update these).
-ACTIVE_ROLE = Gauge("paddle_runtime_active_role", "1 for the role currently serving", ["role"])
-FALLBACK_SWITCHES = Counter("paddle_runtime_fallback_switches", "Switches between main and fallback", ["to"])
-RELOADS = Counter("paddle_runtime_reloads", "Hot reload attempts by result", ["result"])
-FALLBACK_ACTIVE = Gauge("paddle_runtime_fallback_active", "1 while the fallback model serves any traffic")
+ACTIVE_ROLE = Gauge("paddle_runtime_active_role", "Share of the model's traffic each role serves now",
+                    ["model", "role"])
+FALLBACK_SWITCHES = Counter("paddle_runtime_fallback_switches", "Switches between main and fallback", ["model", "to"])
+RELOADS = Counter("paddle_runtime_reloads", "Hot reload attempts by result", ["model", "result"])
+FALLBACK_ACTIVE = Gauge("paddle_runtime_fallback_active",
+                        "1 while a fallback model serves any traffic (of any model or pipeline stage here)")
 RELOAD_FAILING = Gauge("paddle_runtime_reload_failing",
-                       "1 while the model on disk is refused by hot reload (the old one keeps serving)", ["error"])
+                       "1 while the model on disk is refused by hot reload (the old one keeps serving)",
+                       ["model", "error"])
 RELOAD_LAST_FAILURE = Gauge("paddle_runtime_reload_last_failure_timestamp_seconds",
                             "Unix time of the last refused hot reload (0: none)")
 # SLO (spec.sla): the objectives as series, so one set of Prometheus rules serves every service, and
@@ -73,13 +77,34 @@ _slo_latency_target_s = 0.0
 _ERROR_LABEL_MAX = 200
 
 
-def set_reload_failing(error: str | None, at: float | None = None) -> None:
-    """Report the reload error now in force (one series), or clear it with ``None``."""
-    RELOAD_FAILING.clear()
-    if error is not None:
-        RELOAD_FAILING.labels(" ".join(error.split())[:_ERROR_LABEL_MAX]).set(1)
-        if at is not None:
-            RELOAD_LAST_FAILURE.set(at)
+# Per model: the error label now in force, and the models serving fallback traffic (several models
+# share the process-wide series, so each one's part is kept here and the series follow from it).
+_reload_errors: dict[str, str] = {}
+_on_fallback: set[str] = set()
+_state_lock = threading.Lock()
+
+
+def set_reload_failing(model: str, error: str | None, at: float | None = None) -> None:
+    """Report the reload error of ``model`` now in force (one series per model), or clear it with ``None``."""
+    with _state_lock:
+        old = _reload_errors.pop(model, None)
+        if old is not None:
+            _remove(RELOAD_FAILING, model, old)
+        if error is not None:
+            label = _reload_errors[model] = " ".join(error.split())[:_ERROR_LABEL_MAX]
+            RELOAD_FAILING.labels(model, label).set(1)
+            if at is not None:
+                RELOAD_LAST_FAILURE.set(at)
+
+
+def set_fallback_active(model: str, active: bool) -> None:
+    """``model`` sends traffic to its fallback (any share) or not; the gauge is 1 while any model does."""
+    with _state_lock:
+        if active:
+            _on_fallback.add(model)
+        else:
+            _on_fallback.discard(model)
+        FALLBACK_ACTIVE.set(1 if _on_fallback else 0)
 
 
 def render() -> tuple[bytes, str]:

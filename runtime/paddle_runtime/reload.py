@@ -119,8 +119,8 @@ class ReloadManager:
         self.failing = False  # the source on disk is refused now (last_error stays as history)
         self.counts = {"success": 0, "failure": 0}
         # Both label values exist from the start, so a dashboard shows 0 rather than "no data".
-        metrics.RELOADS.labels("success")
-        metrics.RELOADS.labels("failure")
+        metrics.RELOADS.labels(handle.name, "success")
+        metrics.RELOADS.labels(handle.name, "failure")
 
     # ---- watching --------------------------------------------------------------------------------
     @staticmethod
@@ -181,7 +181,7 @@ class ReloadManager:
             if sig == self._source_sig and self.failing:
                 # The refused candidate is gone (``current`` points at what serves): so is the error.
                 self._failed_sig, self.failing = None, False
-                metrics.set_reload_failing(None)
+                metrics.set_reload_failing(self.handle.name, None)
             if not force and (sig == self._source_sig or sig == self._failed_sig):
                 return {"result": "unchanged", "version": self.handle.version}
             return self._reload_locked(target, sig)
@@ -226,11 +226,11 @@ class ReloadManager:
         self.previous_version = old.version
         self.model_dir = target
         self._source_sig, self._failed_sig, self.failing = sig, None, False
-        metrics.set_reload_failing(None)
+        metrics.set_reload_failing(self.handle.name, None)
         self.loaded_at = _now()
         self.load_ms = round(elapsed_ms, 1)
         self.counts["success"] += 1
-        metrics.RELOADS.labels("success").inc()
+        metrics.RELOADS.labels(self.handle.name, "success").inc()
         metrics.set_model_info(old.name, old.version, old.device, "main", loaded=False)
         metrics.set_model_info(eng.name, eng.version, eng.device, "main")
         log.info("reloaded model %s: %s -> %s in %.0f ms", eng.name, old.version, eng.version, elapsed_ms,
@@ -257,11 +257,11 @@ class ReloadManager:
 
     def _fail(self, target: Path | None, exc: ModelRejected) -> NoReturn:
         self.counts["failure"] += 1
-        metrics.RELOADS.labels("failure").inc()
+        metrics.RELOADS.labels(self.handle.name, "failure").inc()
         self.last_error = f"{exc.kind}: {exc.message}"
         self.last_error_at = _now()
         self.failing = True
-        metrics.set_reload_failing(self.last_error, time.time())
+        metrics.set_reload_failing(self.handle.name, self.last_error, time.time())
         # to_version stays null: a refused candidate may have no readable version at all.
         log.error(
             "reload of %s refused (%s); still serving %s %s",

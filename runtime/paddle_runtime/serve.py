@@ -1,12 +1,13 @@
 """``paddle-runtime serve``: the one place the runtime is wired together, and its lifecycle.
 
-Assembly (:func:`assemble`), nothing else in the package builds or connects parts::
+Assembly (:func:`assemble`; each model unit by :func:`~.unit.assemble_unit`, the same for a single
+model and for every stage of a pipeline, whose own assembly is ``ocr/serve.py``)::
 
-    engine (PaddleEngine, or the test-only FaultInjector around it)
-      -> Batcher (one per model)                       contracts.ModelHandle
-      -> FallbackRouter over main + fallback batcher   (when fallback_model_dir is set)
-      -> ReloadManager (swaps the main batcher's engine; poll, SIGHUP, admin)
-      -> ConfigWatcher (live max_batch_size / batch_timeout_ms -> every batcher, fallback_* -> router,
+    model units (unit.py): one for ``model_dir``, or one per stage of a pipeline (ocr/serve.py)
+      each: engine (PaddleEngine, or the test-only FaultInjector around it)
+            -> Batcher -> FallbackRouter over main + fallback batcher (when the unit has a fallback)
+            -> ReloadManager (swaps the main batcher's engine; poll, SIGHUP, admin)
+      -> ConfigWatcher (live max_batch_size / batch_timeout_ms / fallback_* / ocr_stages -> every unit,
                         sla_* -> the SLO series)
       -> admin App (own port, same transport) and auth Guard (a hook of the inference App)
       -> InferenceApp + HttpServer (TLS from tls.py on every port)
@@ -32,31 +33,30 @@ import ssl
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import logs, metrics
 from .admin import admin_token, build_admin_app
 from .app import InferenceApp
 from .auth import Guard
-from .batcher import Batcher
 from .config_watch import ConfigWatcher
 from .contracts import Engine, ModelHandle
 from .engine import PaddleEngine
 from .errors import ConfigError, ModelLoadError
-from .fallback import FALLBACK, TUNABLE, FallbackRouter
+from .fallback import TUNABLE
 from .faults import FaultInjector
-from .loading import EngineFactory, check_same_contract, load_verified
-from .reload import ReloadManager
+from .loading import EngineFactory
 from .settings import RuntimeSettings
 from .tls import server_ssl_context
 from .transport import HttpServer, Request
+from .unit import BATCHING_KEYS, Served, assemble_unit
 
 log = logging.getLogger("paddle_runtime.serve")
 
-BATCHING_KEYS = ("max_batch_size", "batch_timeout_ms")
 SLO_KEYS = ("sla_latency_p99_ms", "sla_availability_percent")
-"""Settings the batchers take at run time (``Batcher.set_limits``)."""
+PIPELINE_KEYS = ("ocr_stages", "ocr_det_max_batch_size")
+"""Live settings of a pipeline's stages (their batching and fallback thresholds)."""
 
 
 def engine_factory(settings: RuntimeSettings) -> EngineFactory:
@@ -73,103 +73,58 @@ def engine_factory(settings: RuntimeSettings) -> EngineFactory:
 
 @dataclass
 class Runtime:
-    """What :func:`assemble` built: the handle the app serves and the parts shutdown stops."""
+    """What :func:`assemble` built: what the app serves and the parts shutdown stops."""
 
-    handle: ModelHandle
-    main: Batcher
-    reload: ReloadManager
+    served: Served
     config: ConfigWatcher
-    fallback: Batcher | None = None
-    router: FallbackRouter | None = None
     admin: HttpServer | None = None
-    integrity_checks: tuple[str, ...] = ()
-    batchers: list[Batcher] = field(default_factory=list)
+
+    @property
+    def handle(self) -> ModelHandle:
+        """The handle the inference app serves."""
+        return self.served.handle
 
     def version_info(self) -> dict[str, Any]:
         """The wiring's part of ``/version`` (also the admin status): reload, integrity, fallback, batching."""
-        d = self.reload.version_info()
-        d["integrity_checks"] = list(self.integrity_checks)
-        d["fallback"] = self.router.status() if self.router is not None else None
-        d["batching"] = {
-            "maxBatchSize": self.main.max_batch_size,
-            "batchTimeoutMs": self.main.batch_timeout_ms,
-            "batchable": self.main.engine.batchable,
-        }
-        adaptive = self.main.batching_info()  # on/off, latency budget, the learned size per input shape
-        d["batching"].update({k: adaptive[k] for k in ("adaptive", "latency_budget_ms", "shapes")})
-        return d
+        return self.served.describe()
 
     async def close(self) -> None:
         """Stop watchers and the admin port; unload every engine (after the handle drained)."""
-        loop = asyncio.get_running_loop()
         self.config.stop()
-        self.reload.stop()
         if self.admin is not None:
             await self.admin.stop_accepting()
             await self.admin.close(1.0)
-        for b in self.batchers:
-            eng = b.engine
-            await loop.run_in_executor(None, eng.unload, 5.0)
-            metrics.set_model_info(eng.name, eng.version, eng.device, eng.role, loaded=False)
+        await self.served.close()
 
 
-def _load_fallback(settings: RuntimeSettings, main: Engine, factory: EngineFactory) -> Engine:
-    eng, _ = load_verified(settings, settings.fallback_model_dir, FALLBACK, factory)
-    check_same_contract(main, eng)
-    log.info("fallback model %s %s loaded (%s)", eng.name, eng.version, eng.source)
-    return eng
-
-
-async def assemble(settings: RuntimeSettings, pinned: Iterable[str] = (),
+async def assemble(settings: RuntimeSettings, app: InferenceApp, pinned: Iterable[str] = (),
                    admin_ssl: ssl.SSLContext | None = None) -> Runtime:
     """Load the model(s) and connect every part; returns the assembled :class:`Runtime`."""
     loop = asyncio.get_running_loop()
     factory = engine_factory(settings)
-    engine, checks = await loop.run_in_executor(None, load_verified, settings, settings.model_dir, "main", factory)
-    metrics.set_model_info(engine.name, engine.version, engine.device, engine.role)
-    main = Batcher(engine, settings)
-    await main.start()
-    batchers = [main]
-    handle: ModelHandle = main
-    fb: Batcher | None = None
-    router: FallbackRouter | None = None
-    if settings.fallback_model_dir:
-        fb_engine = await loop.run_in_executor(None, _load_fallback, settings, engine, factory)
-        metrics.set_model_info(fb_engine.name, fb_engine.version, fb_engine.device, FALLBACK)
-        fb = Batcher(fb_engine, settings)
-        await fb.start()
-        batchers.append(fb)
-        router = FallbackRouter(main, fb, settings)
-        await router.start()
-        handle = router
+    if settings.pipeline:  # a model pipeline (ocr/) instead of one model directory
+        from .ocr.serve import assemble_pipeline  # OpenCV and the stages: only when asked for
 
-    manager = ReloadManager(main, settings, factory, fallback=fb)
-    manager.start()
+        served = await assemble_pipeline(settings, factory, app)
+    else:
+        served = Served.single(await assemble_unit(settings, factory))
     if hasattr(signal, "SIGHUP"):
-        loop.add_signal_handler(signal.SIGHUP, manager.trigger)
+        loop.add_signal_handler(signal.SIGHUP, served.trigger_reload)
 
     watcher = ConfigWatcher(settings, pinned)
-
-    def set_limits(_: dict[str, Any]) -> None:
-        now = watcher.current
-        for b in batchers:
-            b.set_limits(now.max_batch_size, now.batch_timeout_ms)
-
-    watcher.subscribe(BATCHING_KEYS, set_limits)
+    watcher.subscribe((*BATCHING_KEYS, *TUNABLE, *PIPELINE_KEYS), lambda _: served.retune(watcher.current))
 
     def set_slo(_: dict[str, Any] | None = None) -> None:
         now = watcher.current
-        metrics.set_slo(handle.name, now.sla_latency_p99_ms, now.sla_availability_percent)
+        metrics.set_slo(served.handle.name, now.sla_latency_p99_ms, now.sla_availability_percent)
 
     set_slo()
     watcher.subscribe(SLO_KEYS, set_slo)
-    if router is not None:
-        watcher.subscribe(TUNABLE, router.apply_params)
     watcher.start()
 
-    rt = Runtime(handle, main, manager, watcher, fb, router, None, checks, batchers)
+    rt = Runtime(served, watcher)
     if settings.admin_port:
-        admin_app = build_admin_app(admin_token(settings), rt.version_info, lambda: manager.reload(force=True))
+        admin_app = build_admin_app(admin_token(settings), rt.version_info, served.reload)
         rt.admin = HttpServer(admin_app, settings.max_body_bytes)
         port = await rt.admin.start(settings.host, settings.admin_port, admin_ssl)
         log.info("admin endpoints on port %d", port)
@@ -224,12 +179,7 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
         gpu.start()
 
     t0 = time.perf_counter()
-    if settings.pipeline:  # a model pipeline (ocr/) instead of one model directory
-        from .ocr.serve import assemble_pipeline  # OpenCV and the stages: only when asked for
-
-        load: asyncio.Future[Any] = asyncio.ensure_future(assemble_pipeline(settings, app))
-    else:
-        load = asyncio.ensure_future(assemble(settings, pinned, ssl_ctx))
+    load = asyncio.ensure_future(assemble(settings, app, pinned, ssl_ctx))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({load, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not load.done():  # SIGTERM during load: nothing to drain
@@ -246,8 +196,6 @@ async def serve_async(settings: RuntimeSettings, pinned: Iterable[str] = ()) -> 
         await server.close(1.0)
         return 1
     app.attach(rt.handle, rt.version_info)
-    if settings.pipeline:  # no config watcher there: the SLO as set at start
-        metrics.set_slo(rt.handle.name, settings.sla_latency_p99_ms, settings.sla_availability_percent)
     log.info("ready: model %s version %s after %.2fs", rt.handle.name, rt.handle.version, time.perf_counter() - t0)
 
     await waiter

@@ -16,12 +16,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "PADDLE_RUNTIME_"
 CONFIG_FILE_ENV = ENV_PREFIX + "CONFIG_FILE"
+
+OCR_STAGES = ("det", "cls", "rec")
+STAGE_KEYS = frozenset({
+    "fallback_model_dir", "fallback_latency_threshold_ms", "fallback_window", "fallback_error_threshold",
+    "fallback_recovery_ratio", "fallback_recovery_steps", "fallback_hold_s", "fallback_ramp_step_s",
+    "fallback_probe_interval_s", "max_batch_size", "batch_timeout_ms", "reload_poll_s",
+    "hmac_key_file", "public_key_file", "require_signed",
+})
+"""Settings a pipeline stage may set for itself in ``ocr_stages`` (the rest are the runtime's)."""
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):
@@ -230,6 +239,12 @@ class RuntimeSettings(BaseSettings):
     requests finish one after another instead of all late together. Raise it with more workers/cores."""
     ocr_image_threads: int = Field(2, ge=1)
     """Threads for image decoding and pre/post-processing (OpenCV releases the GIL)."""
+    ocr_stages: dict[Literal["det", "cls", "rec"], dict[str, Any]] = Field(default_factory=dict)
+    """Per pipeline stage, the settings of that stage's model that differ from the runtime's (keys in
+    ``STAGE_KEYS``): its fallback model and thresholds, batching, reload poll, signing keys, e.g.
+    ``{rec: {fallback_model_dir: /models/rec-fallback, fallback_latency_threshold_ms: 400}}``. A stage
+    is a model like any other: fallback, hot reload and integrity checks work per stage. Thresholds and
+    batching are re-read from the config file at run time."""
 
     # --- SLO (spec.sla; published as series for the chart's alert rules, metrics.set_slo) ----------
     sla_latency_p99_ms: float = Field(0.0, ge=0)
@@ -260,6 +275,43 @@ class RuntimeSettings(BaseSettings):
         if not v or any(not 0 < p <= 100 for p in v) or v != sorted(v) or v[-1] != 100:
             raise ValueError(f"fallback_recovery_steps must rise to 100 (percent), got {v}")
         return v
+
+    @field_validator("ocr_stages")
+    @classmethod
+    def _stage_keys(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for stage, keys in v.items():
+            if not isinstance(keys, dict):
+                raise ValueError(f"ocr_stages.{stage} must be a mapping of setting names to values")
+            unknown = sorted(set(keys) - STAGE_KEYS)
+            if unknown:
+                raise ValueError(f"ocr_stages.{stage}: {unknown} cannot be set per stage; allowed: {sorted(STAGE_KEYS)}"
+                                 " (stage model directories: ocr_<stage>_model_dir)")
+        return v
+
+    @model_validator(mode="after")
+    def _stages_fit(self) -> RuntimeSettings:
+        if self.pipeline and self.fallback_model_dir:
+            raise ValueError("fallback_model_dir is for a single model; a pipeline gives each stage its own "
+                             "(ocr_stages.<stage>.fallback_model_dir)")
+        for stage in self.ocr_stages:
+            self.for_stage(stage, self.model_dir)  # each stage's values are checked like the runtime's
+        return self
+
+    def for_stage(self, stage: str, model_dir: str, model_name: str = "") -> RuntimeSettings:
+        """The settings of one pipeline stage's model: the runtime's, the stage's model directory and
+        name, no fallback unless the stage names one, then the stage's ``ocr_stages`` entry."""
+        # config_file None: every value is given here, and the file (which holds ocr_stages) is not re-read.
+        update: dict[str, Any] = {"model_dir": model_dir, "model_name": model_name, "fallback_model_dir": "",
+                                  "ocr_stages": {}, "pipeline": "", "config_file": None}
+        if stage == "det":
+            update["max_batch_size"] = self.ocr_det_max_batch_size
+        update.update(self.ocr_stages.get(stage, {}))  # type: ignore[call-overload]
+        try:
+            return type(self).model_validate({**self.model_dump(), **update})
+        except ValidationError as exc:
+            problems = "; ".join(f"ocr_stages.{stage}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ValueError(problems) from None
 
     @field_validator("log_level")
     @classmethod

@@ -117,13 +117,14 @@ def test_json_infer_takes_base64_images_and_answers_json_tensors(ocr_server: Any
 
 
 @pytest.mark.parametrize(("inp", "words"), [
-    ({"name": "image", "datatype": "FP32", "shape": [1], "data": [1.0]}, "must be BYTES"),
-    ({"name": "x", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}, "one input, 'image'"),
-    ({"name": "image", "datatype": "BYTES", "shape": [2, 3], "data": ["aGk="]}, "shape must be [N]"),
-    ({"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}, "not valid base64"),
+    ({"name": "image", "datatype": "FP32", "shape": [1], "data": [1.0]}, "the model expects BYTES"),
+    ({"name": "x", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}, "unknown input 'x'"),
+    ({"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": ["aGk="]}, "expects rank 1"),
+    ({"name": "image", "datatype": "BYTES", "shape": [2], "data": ["aGk="]}, "shape [2] needs 2"),
+    ({"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}, "not a PNG or JPEG"),
     ({"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"text").decode()]},
      "not a PNG or JPEG"),
-], ids=["datatype", "name", "shape", "base64", "not-an-image"])
+], ids=["datatype", "name", "shape", "count", "base64", "not-an-image"])
 def test_a_bad_infer_request_is_a_4xx_naming_the_problem(ocr_server: Any, inp: dict, words: str):
     import orjson
 

@@ -1,8 +1,9 @@
 """ConfigMap ``<name>-runtime``: the runtime settings the runtime re-reads without a restart.
 
 Only hot-reloadable settings live here (batching, fallback thresholds, reload poll, SLO objectives,
-model source for ``update: HotReload``). Engine settings that need a new predictor (device, precision, TensorRT,
-threads) are environment variables in the pod template instead, so changing them rolls the pods
+the model sources for ``update: HotReload``; a pipeline's per-stage fallbacks and keys as
+``ocr_stages``). Engine settings that need a new predictor (device, precision, TensorRT, threads)
+are environment variables in the pod template instead, so changing them rolls the pods
 while changing these does not. Keys of ``config.yaml`` are RuntimeSettings field names
 (docs/contracts.md).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..spec import FALLBACK_MODEL_DIR, PaddleModelService
+from ..spec import FALLBACK_MODEL_DIR, STAGE_FALLBACK_DIRS, Fallback, PaddleModelService, key_file
 from .common import object_meta
 
 # Share of the SLA p99 at which the runtime moves traffic to the fallback model when the user sets
@@ -24,9 +25,10 @@ MODEL_URI_KEY = "model-uri"
 MODEL_VERSION_KEY = "model-version"
 
 
-def fallback_latency_threshold_ms(svc: PaddleModelService) -> int | None:
-    """Explicit threshold, else derived from the SLA, else None (runtime default)."""
-    fb = svc.spec.fallback
+def fallback_latency_threshold_ms(svc: PaddleModelService, fb: Fallback | None = None) -> int | None:
+    """Explicit threshold of ``fb`` (default ``spec.fallback``), else derived from the SLA, else None
+    (runtime default)."""
+    fb = fb or svc.spec.fallback
     if fb is None:
         return None
     if fb.latency_threshold_ms is not None:
@@ -37,6 +39,38 @@ def fallback_latency_threshold_ms(svc: PaddleModelService) -> int | None:
     return None
 
 
+def _fallback_settings(svc: PaddleModelService, fb: Fallback, model_dir: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"fallback_model_dir": model_dir}
+    threshold = fallback_latency_threshold_ms(svc, fb)
+    if threshold is not None:
+        out["fallback_latency_threshold_ms"] = threshold
+    out["fallback_window"] = fb.window
+    out["fallback_error_threshold"] = fb.error_threshold
+    out["fallback_recovery_ratio"] = fb.recovery_ratio
+    out["fallback_recovery_steps"] = list(fb.recovery_steps)
+    return out
+
+
+def _stage_settings(svc: PaddleModelService) -> dict[str, dict[str, Any]]:
+    """``ocr_stages``: each pipeline stage's fallback (recognition's is ``spec.fallback``) and own keys."""
+    assert svc.spec.pipeline is not None
+    out: dict[str, dict[str, Any]] = {}
+    if svc.spec.fallback is not None:
+        out["rec"] = _fallback_settings(svc, svc.spec.fallback, FALLBACK_MODEL_DIR)
+    for key, stage in svc.spec.pipeline.stages().items():
+        entry: dict[str, Any] = {}
+        if stage.fallback is not None:
+            entry.update(_fallback_settings(svc, stage.fallback, STAGE_FALLBACK_DIRS[key]))
+        sig = stage.signature
+        if sig is not None and sig.hmac_key_secret_ref is not None:
+            entry["hmac_key_file"] = key_file("hmac", key)
+        if sig is not None and sig.public_key_secret_ref is not None:
+            entry["public_key_file"] = key_file("public", key)
+        if entry:
+            out[key] = entry
+    return out
+
+
 def runtime_settings(svc: PaddleModelService) -> dict[str, Any]:
     """The hot-reloadable RuntimeSettings written to ``config.yaml``."""
     inf = svc.spec.inference
@@ -45,15 +79,12 @@ def runtime_settings(svc: PaddleModelService) -> dict[str, Any]:
         "batch_timeout_ms": inf.batch_timeout_ms,
     }
     fb = svc.spec.fallback
-    if fb is not None:
-        settings["fallback_model_dir"] = FALLBACK_MODEL_DIR
-        threshold = fallback_latency_threshold_ms(svc)
-        if threshold is not None:
-            settings["fallback_latency_threshold_ms"] = threshold
-        settings["fallback_window"] = fb.window
-        settings["fallback_error_threshold"] = fb.error_threshold
-        settings["fallback_recovery_ratio"] = fb.recovery_ratio
-        settings["fallback_recovery_steps"] = list(fb.recovery_steps)
+    if svc.spec.pipeline is not None:
+        # Each stage is a model of its own: its fallback and keys under ocr_stages. Always written,
+        # so a stage entry removed from the spec does not keep its running value.
+        settings["ocr_stages"] = _stage_settings(svc)
+    elif fb is not None:
+        settings.update(_fallback_settings(svc, fb, FALLBACK_MODEL_DIR))
     if svc.spec.model.update == "HotReload":
         settings["reload_poll_s"] = HOT_RELOAD_POLL_S
     # Published by the runtime as SLO series, which the chart's alert rules read (live, no restart).
@@ -64,6 +95,15 @@ def runtime_settings(svc: PaddleModelService) -> dict[str, Any]:
     return settings
 
 
+def source_keys(svc: PaddleModelService) -> dict[str, tuple[str, str]]:
+    """ConfigMap keys (uri, version) per model store that ``update: HotReload`` re-fetches in place:
+    ``main`` (spec.model), and each pipeline stage (``det``, ``cls``)."""
+    keys = {"main": (MODEL_URI_KEY, MODEL_VERSION_KEY)}
+    if svc.spec.pipeline is not None:
+        keys.update({k: (f"{k}-uri", f"{k}-version") for k in svc.spec.pipeline.stages()})
+    return keys
+
+
 def build_configmap(svc: PaddleModelService) -> dict[str, Any]:
     """The runtime ConfigMap: the settings file the runtime reads."""
     data = {
@@ -71,6 +111,11 @@ def build_configmap(svc: PaddleModelService) -> dict[str, Any]:
         MODEL_URI_KEY: svc.spec.model.uri,
         MODEL_VERSION_KEY: svc.spec.model.version or "",
     }
+    if svc.spec.pipeline is not None:
+        for key, stage in svc.spec.pipeline.stages().items():
+            uri_key, version_key = source_keys(svc)[key]
+            data[uri_key] = stage.uri
+            data[version_key] = stage.version or ""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -15,24 +15,29 @@ from ..spec import (
     CONFIG_FILE,
     DET_MODEL_DIR,
     FALLBACK_MODEL_DIR,
+    KEY_FILES,
     MAIN_MODEL_DIR,
     MODEL_ROOT,
     PVC_MOUNT_ROOT,
     RUNTIME_PORT,
     SECRETS_DIR,
+    STAGE_FALLBACK_DIRS,
+    STAGE_MODEL_DIRS,
     PaddleModelService,
     ProbeOverride,
     SecretKeyRef,
+    Signature,
+    key_file,
     parse_pvc_uri,
 )
 from .common import STABLE, labels, object_meta, selector_labels
-from .configmap import MODEL_URI_KEY, MODEL_VERSION_KEY
+from .configmap import source_keys
 
 # A non-root UID/GID that exists in no base image: Pod Security "restricted" needs non-root, and a
 # numeric UID lets the kubelet verify it without reading /etc/passwd.
 RUN_AS = 65532
 SECRET_MODE = 0o440  # group-readable through fsGroup, nobody else
-DEFAULT_KEYS = {"hmac": "hmac.key", "public": "public.pem", "auth": "token"}
+DEFAULT_KEYS = {**KEY_FILES, "auth": "token"}
 # Startup covers download-free load plus warm-up of large models: 5 s x 120 = 10 minutes before
 # the kubelet gives up. Liveness only starts after startup succeeds.
 PROBE_DEFAULTS = {
@@ -104,6 +109,44 @@ def _source_args(uri: str, dest: str) -> tuple[str, list[dict[str, Any]], dict[s
     return f"file://{mount_path}/{path}".rstrip("/"), [mount], volume
 
 
+def _signature(sig: Signature | None, stage: str, volumes: list[dict[str, Any]],
+               mounts: list[dict[str, Any]]) -> list[str]:
+    """Mount the key Secrets of one signature (spec.model's, or a pipeline stage's own); return the
+    verify arguments of ``paddle-runtime fetch`` for it."""
+    args: list[str] = []
+    prefix = f"{stage}-" if stage else ""
+    refs = (sig.hmac_key_secret_ref, sig.public_key_secret_ref) if sig is not None else (None, None)
+    for kind, ref, flag in zip(("hmac", "public"), refs, ("--hmac-key-file", "--public-key"), strict=True):
+        if ref is None:
+            continue
+        path = key_file(kind, stage)
+        volumes.append(_secret_volume(f"{prefix}{kind}-key", ref, DEFAULT_KEYS[kind]))
+        mounts.append({"name": f"{prefix}{kind}-key", "mountPath": path.rsplit("/", 1)[0], "readOnly": True})
+        args += [flag, path]
+    return args
+
+
+def _sync_script(stores: list[tuple[tuple[str, str], str, list[str]]]) -> str:
+    """The model-sync sidecar's loop: re-fetch a store when its URI in the mounted ConfigMap changes.
+
+    fetch writes versions/<v> and switches the `current` link atomically, which the runtime watches;
+    the version comes from the same ConfigMap, so it moves with the URI.
+    """
+    init, body = [], []
+    for i, ((uri_key, version_key), dest, verify) in enumerate(stores):
+        last = "last" if i == 0 else f"last{i}"
+        init.append(f'{last}="$(cat {CONFIG_DIR}/{uri_key})"; ')
+        body.append(
+            f'cur="$(cat {CONFIG_DIR}/{uri_key})"; '
+            f'ver="$(cat {CONFIG_DIR}/{version_key})"; '
+            f'if [ "$cur" != "${last}" ]; then '
+            f'paddle-runtime fetch --uri "$cur" --dest {dest} ${{ver:+--version "$ver"}} '
+            f'{" ".join(verify)} '
+            f'&& {last}="$cur"; fi; '
+        )
+    return "".join(init) + f"while sleep {SYNC_POLL_S}; do " + "".join(body).rstrip("; ") + "; done"
+
+
 def _engine_env(svc: PaddleModelService) -> list[dict[str, Any]]:
     """Engine settings as env (a change needs a new predictor, so it rolls the pods)."""
     inf = svc.spec.inference
@@ -123,9 +166,9 @@ def _engine_env(svc: PaddleModelService) -> list[dict[str, Any]]:
         env["PADDLE_RUNTIME_WORKERS"] = str(inf.workers)
     sig = svc.spec.model.signature
     if sig is not None and sig.hmac_key_secret_ref is not None:
-        env["PADDLE_RUNTIME_HMAC_KEY_FILE"] = f"{SECRETS_DIR}/hmac/{DEFAULT_KEYS['hmac']}"
+        env["PADDLE_RUNTIME_HMAC_KEY_FILE"] = key_file("hmac")
     if sig is not None and sig.public_key_secret_ref is not None:
-        env["PADDLE_RUNTIME_PUBLIC_KEY_FILE"] = f"{SECRETS_DIR}/public/{DEFAULT_KEYS['public']}"
+        env["PADDLE_RUNTIME_PUBLIC_KEY_FILE"] = key_file("public")
     if svc.spec.auth is not None and svc.spec.auth.token_secret_ref is not None:
         env["PADDLE_RUNTIME_AUTH_TOKEN_FILE"] = f"{SECRETS_DIR}/auth/{DEFAULT_KEYS['auth']}"
     out = [{"name": k, "value": v} for k, v in env.items()]
@@ -147,7 +190,6 @@ def build_deployment(
     """The Deployment for one track. ``replicas`` None means spec.replicas, or unmanaged under an HPA."""
     spec = svc.spec
     image = f"{spec.image}:{tag or spec.tag}"
-    sig = spec.model.signature
     hot_reload = spec.model.update == "HotReload"
 
     volumes: list[dict[str, Any]] = []
@@ -162,16 +204,12 @@ def build_deployment(
     volumes.append({"name": "tmp", "emptyDir": {}})
     volumes.append({"name": "cache", "emptyDir": {}})
 
+    # Keys per model store: spec.model's, and a pipeline stage's own (else it uses spec.model's).
     secret_mounts: list[dict[str, Any]] = []
-    verify_args: list[str] = []
-    if sig is not None and sig.hmac_key_secret_ref is not None:
-        volumes.append(_secret_volume("hmac-key", sig.hmac_key_secret_ref, DEFAULT_KEYS["hmac"]))
-        secret_mounts.append({"name": "hmac-key", "mountPath": f"{SECRETS_DIR}/hmac", "readOnly": True})
-        verify_args += ["--hmac-key-file", f"{SECRETS_DIR}/hmac/{DEFAULT_KEYS['hmac']}"]
-    if sig is not None and sig.public_key_secret_ref is not None:
-        volumes.append(_secret_volume("public-key", sig.public_key_secret_ref, DEFAULT_KEYS["public"]))
-        secret_mounts.append({"name": "public-key", "mountPath": f"{SECRETS_DIR}/public", "readOnly": True})
-        verify_args += ["--public-key", f"{SECRETS_DIR}/public/{DEFAULT_KEYS['public']}"]
+    verify_args = _signature(spec.model.signature, "", volumes, secret_mounts)
+    stages = spec.pipeline.stages() if spec.pipeline is not None else {}
+    stage_verify = {k: _signature(st.signature, k, volumes, secret_mounts) if st.signature is not None
+                    else verify_args for k, st in stages.items()}
     runtime_mounts = [
         {"name": "models", "mountPath": MODEL_ROOT},
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -188,90 +226,59 @@ def build_deployment(
         {"name": "tmp", "mountPath": "/tmp"},
         *secret_mounts,
     ]
-    fetch_env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
-    main_uri, pvc_mounts, pvc_volume = _source_args(spec.model.uri, MAIN_MODEL_DIR)
-    if pvc_volume is not None:
-        volumes.append(pvc_volume)
-    if hot_reload and pvc_volume is None:
-        # The URI comes from the ConfigMap, so changing it does not change the pod template: the
-        # model-sync sidecar fetches the new version and the runtime swaps it in place.
-        fetch_env.append(
-            {
-                "name": "MODEL_URI",
-                "valueFrom": {"configMapKeyRef": {"name": svc.configmap_name, "key": MODEL_URI_KEY}},
-            }
-        )
-        fetch_env.append(
-            {
-                "name": "MODEL_VERSION",
-                "valueFrom": {"configMapKeyRef": {"name": svc.configmap_name, "key": MODEL_VERSION_KEY}},
-            }
-        )
-        uri_arg = "$(MODEL_URI)"
-        # Empty when the spec names no version: fetch then falls back to the manifest, model.yaml.
-        version_args = ["--version", "$(MODEL_VERSION)"]
-    else:
-        uri_arg = main_uri
-        # fetch names the version directory after the spec (model.yaml's version still wins in what
-        # the runtime reports: docs/contracts.md, "One version label").
-        version_args = ["--version", spec.model.version] if spec.model.version else []
-    init_containers = [
-        {
-            "name": "fetch-model",
+
+    def fetch(container: str, uri: str, dest: str, version: str | None, verify: list[str],
+              source_keys: tuple[str, str] | None = None) -> dict[str, Any]:
+        """An init container fetching (and verifying) one model store; ``source_keys`` (ConfigMap keys
+        of the URI and version) for a store that ``update: HotReload`` re-fetches in place."""
+        src, mounts, volume = _source_args(uri, dest)
+        if volume is not None and volume["name"] not in {v["name"] for v in volumes}:
+            volumes.append(volume)
+        env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+        if source_keys is not None and volume is None:
+            # The URI comes from the ConfigMap, so changing it does not change the pod template: the
+            # model-sync sidecar fetches the new version and the runtime swaps it in place.
+            for var, key in zip(("MODEL_URI", "MODEL_VERSION"), source_keys, strict=True):
+                env.append({"name": var, "valueFrom": {"configMapKeyRef": {"name": svc.configmap_name, "key": key}}})
+            synced.append((source_keys, dest, verify))
+            # Empty when the spec names no version: fetch then falls back to the manifest, model.yaml.
+            src, version_args = "$(MODEL_URI)", ["--version", "$(MODEL_VERSION)"]
+        else:
+            # fetch names the version directory after the spec (model.yaml's version still wins in
+            # what the runtime reports: docs/contracts.md, "One version label").
+            version_args = ["--version", version] if version else []
+        return {
+            "name": container,
             "image": image,
             "imagePullPolicy": spec.image_pull_policy,
             "command": ["paddle-runtime"],
-            "args": ["fetch", "--uri", uri_arg, "--dest", MAIN_MODEL_DIR, *version_args, *verify_args],
-            "env": fetch_env,
-            "volumeMounts": fetch_mounts + pvc_mounts,
+            "args": ["fetch", "--uri", src, "--dest", dest, *version_args, *verify],
+            "env": env,
+            "volumeMounts": fetch_mounts + mounts,
             "resources": _resources(svc, with_gpu=False),
             "securityContext": _container_security(),
         }
-    ]
+
+    sources = source_keys(svc)
+    synced: list[tuple[tuple[str, str], str, list[str]]] = []  # stores the model-sync sidecar re-fetches
+    init_containers = [fetch("fetch-model", spec.model.uri, MAIN_MODEL_DIR, spec.model.version, verify_args,
+                             sources["main"] if hot_reload else None)]
     if spec.fallback is not None:
-        fb_uri, fb_mounts, fb_volume = _source_args(spec.fallback.uri, FALLBACK_MODEL_DIR)
-        if fb_volume is not None and fb_volume["name"] not in {v["name"] for v in volumes}:
-            volumes.append(fb_volume)
-        init_containers.append(
-            {
-                "name": "fetch-fallback",
-                "image": image,
-                "imagePullPolicy": spec.image_pull_policy,
-                "command": ["paddle-runtime"],
-                "args": ["fetch", "--uri", fb_uri, "--dest", FALLBACK_MODEL_DIR, *verify_args],
-                "env": [{"name": "HOME", "value": "/tmp"}],
-                "volumeMounts": fetch_mounts + fb_mounts,
-                "resources": _resources(svc, with_gpu=False),
-                "securityContext": _container_security(),
-            }
-        )
+        init_containers.append(fetch("fetch-fallback", spec.fallback.uri, FALLBACK_MODEL_DIR, None, verify_args))
 
     pipeline_args: list[str] = []
     if spec.pipeline is not None:
-        # spec.model is the recognition stage; the other stages are fetched (and verified) beside it.
-        stages = [("det", spec.pipeline.detection.uri, DET_MODEL_DIR)]
-        if spec.pipeline.classifier.enabled:
-            stages.append(("cls", spec.pipeline.classifier.uri, CLS_MODEL_DIR))
-        for stage, uri, dest in stages:
-            st_uri, st_mounts, st_volume = _source_args(uri, dest)
-            if st_volume is not None and st_volume["name"] not in {v["name"] for v in volumes}:
-                volumes.append(st_volume)
-            init_containers.append(
-                {
-                    "name": f"fetch-{stage}",
-                    "image": image,
-                    "imagePullPolicy": spec.image_pull_policy,
-                    "command": ["paddle-runtime"],
-                    "args": ["fetch", "--uri", st_uri, "--dest", dest, *verify_args],
-                    "env": [{"name": "HOME", "value": "/tmp"}],
-                    "volumeMounts": fetch_mounts + st_mounts,
-                    "resources": _resources(svc, with_gpu=False),
-                    "securityContext": _container_security(),
-                }
-            )
+        # spec.model is the recognition stage; the other stages (and their fallbacks) are fetched and
+        # verified beside it, each like a model of its own.
+        for key, stage in stages.items():
+            init_containers.append(fetch(f"fetch-{key}", stage.uri, STAGE_MODEL_DIRS[key], stage.version,
+                                         stage_verify[key], sources[key] if hot_reload else None))
+            if stage.fallback is not None:
+                init_containers.append(fetch(f"fetch-{key}-fallback", stage.fallback.uri, STAGE_FALLBACK_DIRS[key],
+                                             None, stage_verify[key]))
         pipeline_args = ["--pipeline", spec.pipeline.type, "--ocr-rec-model-dir", MAIN_MODEL_DIR,
                          "--ocr-det-model-dir", DET_MODEL_DIR,
-                         "--ocr-cls-model-dir", CLS_MODEL_DIR if spec.pipeline.classifier.enabled else "none"]
+                         "--ocr-cls-model-dir", CLS_MODEL_DIR if "cls" in stages else "none"]
 
     runtime = {
         "name": "runtime",
@@ -298,26 +305,14 @@ def build_deployment(
         "securityContext": _container_security(),
     }
     containers = [runtime]
-    if hot_reload and pvc_volume is None:
+    if synced:
         containers.append(
             {
                 "name": "model-sync",
                 "image": image,
                 "imagePullPolicy": spec.image_pull_policy,
                 "command": ["/bin/sh", "-c"],
-                "args": [
-                    # Re-fetch only when the URI in the mounted ConfigMap changes; fetch writes
-                    # versions/<v> and switches the `current` link atomically, which the runtime watches.
-                    # The version comes from the same ConfigMap, so it moves with the URI.
-                    f'last="$(cat {CONFIG_DIR}/{MODEL_URI_KEY})"; '
-                    f"while sleep {SYNC_POLL_S}; do "
-                    f'cur="$(cat {CONFIG_DIR}/{MODEL_URI_KEY})"; '
-                    f'ver="$(cat {CONFIG_DIR}/{MODEL_VERSION_KEY})"; '
-                    f'if [ "$cur" != "$last" ]; then '
-                    f'paddle-runtime fetch --uri "$cur" --dest {MAIN_MODEL_DIR} ${{ver:+--version "$ver"}} '
-                    f'{" ".join(verify_args)} '
-                    f'&& last="$cur"; fi; done'
-                ],
+                "args": [_sync_script(synced)],
                 "env": [{"name": "HOME", "value": "/tmp"}],
                 "volumeMounts": fetch_mounts + [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
                 "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},

@@ -8,6 +8,8 @@ were trained on.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 
 import numpy as np
@@ -62,6 +64,21 @@ def probe(data: bytes) -> tuple[str, int, int]:
         if data.startswith(magic):
             raise UnsupportedMediaType(f"unsupported image format {name}: send PNG or JPEG")
     raise UnsupportedMediaType("body is not a PNG or JPEG image (unrecognised header)")
+
+
+def unwrap_base64(data: bytes) -> bytes:
+    """The image inside base64 text, else ``data`` itself.
+
+    OIP v2 JSON carries a BYTES element as a string, so an image sent in JSON is base64 of its bytes;
+    raw uploads start with the PNG/JPEG magic and are returned at once.
+    """
+    if data.startswith((PNG_MAGIC, JPEG_MAGIC)):
+        return data
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return data
+    return raw if raw.startswith((PNG_MAGIC, JPEG_MAGIC)) else data
 
 
 def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""The PP-OCR pipeline: det -> cls -> rec in process, each stage a model behind its own batcher.
+"""The PP-OCR pipeline: det -> cls -> rec in process, each stage a model unit of its own.
 
 One request is decoded and pre-processed in a thread pool (OpenCV releases the GIL), then awaits
-the stages in order.  Each stage is a :class:`~paddle_runtime.batcher.Batcher` over a
-:class:`~paddle_runtime.engine.PaddleEngine`, so concurrent requests share batches:
+the stages in order.  Each stage is a :class:`~paddle_runtime.unit.ModelUnit` like a single served
+model (a batcher over a Paddle engine, hot reload, and a fallback router when the stage has a
+fallback model), so concurrent requests share batches and a stage can fall back or be reloaded on
+its own:
 
 * det: one image per request (images of the same fitted size stack);
 * cls: every crop is 3x48x192, so crops of all concurrent requests stack up to ``max_batch_size``;
@@ -10,9 +12,12 @@ the stages in order.  Each stage is a :class:`~paddle_runtime.batcher.Batcher` o
   group's widest: answers identical to PaddleOCR); with ``ocr_rec_width_step`` > 0 they are padded
   to width buckets instead, so same-bucket crops of one image and of concurrent requests stack.
 
-:class:`PipelineHandle` is the :class:`~paddle_runtime.batcher.ModelHandle` the server sees
-(readiness, liveness, drain, metadata with a BYTES ``image`` input); the OCR routes call
-:meth:`OcrPipeline.run`.  Stage timings go to ``paddle_runtime_ocr_stage_duration_seconds{stage}``.
+:class:`PipelineHandle` is the :class:`~paddle_runtime.contracts.ModelHandle` the server sees
+(readiness, liveness, drain, metadata; ``infer`` takes a BYTES ``image`` input of encoded images and
+answers ``texts``, ``scores``, ``boxes``, ``image_index``), so the app's OIP v2 route serves it like
+any model.  Every answer names the version and role (main or fallback) each stage answered with;
+the pipeline's role is ``fallback`` when any stage's was.  Stage timings go to
+``paddle_runtime_ocr_stage_duration_seconds{stage}``.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .. import metrics
-from ..batcher import Batcher
 from ..contracts import InferResult, Inputs
-from ..errors import BadRequest, InvalidInput, Unavailable
+from ..errors import BadRequest, Unavailable
 from ..model_dir import TensorSpec
 from ..settings import RuntimeSettings
+from ..unit import ModelUnit
 from . import image, processing
 
 T = TypeVar("T")
@@ -49,27 +54,41 @@ class TextLine:
 
 @dataclass
 class OcrResult:
-    """All lines of one image, in reading order, and where the time went (milliseconds)."""
+    """All lines of one image, in reading order, where the time went (milliseconds), and which model
+    version and role (main or fallback) answered in each stage."""
 
     lines: list[TextLine]
     timings_ms: dict[str, float] = field(default_factory=dict)
     width: int = 0
     height: int = 0
+    stages: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        """``fallback`` when any stage answered from its fallback model, else ``main``."""
+        return "fallback" if any(s["role"] != "main" for s in self.stages.values()) else "main"
 
     def to_json(self) -> dict[str, Any]:
         """The body of ``POST /ocr``."""
         return {"results": [{"text": t.text, "score": round(t.score, 5), "box": t.box} for t in self.lines],
                 "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-                "width": self.width, "height": self.height}
+                "width": self.width, "height": self.height, "stages": self.stages}
+
+
+def _served(results: list[InferResult]) -> dict[str, str]:
+    """Version and role of a stage's answers for one image (fallback when any part came from it)."""
+    role = "fallback" if any(r.role != "main" for r in results) else "main"
+    versions = sorted({r.model_version for r in results})
+    return {"version": "+".join(versions), "role": role}
 
 
 class OcrPipeline:
-    """Chains the three stage batchers with the PP-OCR processing between them."""
+    """Chains the stage units (det, optional cls, rec) with the PP-OCR processing between them."""
 
-    def __init__(self, settings: RuntimeSettings, det: Batcher, cls: Batcher | None, rec: Batcher,
-                 characters: list[str]) -> None:
+    def __init__(self, settings: RuntimeSettings, stages: dict[str, ModelUnit], characters: list[str]) -> None:
         self.s = settings
-        self.det, self.cls, self.rec = det, cls, rec
+        self.units = stages
+        self.det, self.cls, self.rec = stages["det"], stages.get("cls"), stages["rec"]
         self.characters = characters
         self._pool = ThreadPoolExecutor(max_workers=max(2, settings.ocr_image_threads),
                                         thread_name_prefix="ocr-image")
@@ -82,21 +101,22 @@ class OcrPipeline:
         # request advances a little at a time and all of them finish late together (processor sharing).
         self._admit = asyncio.Semaphore(settings.ocr_max_inflight_images)
 
-    @property
-    def batchers(self) -> list[Batcher]:
-        """The stage batchers, det first."""
-        return [b for b in (self.det, self.cls, self.rec) if b is not None]
-
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def _stage(self, b: Batcher, x: np.ndarray) -> np.ndarray:
-        """Run rows of ``x`` through a stage in chunks of at most ``max_batch_size`` rows."""
-        limit = max(1, b.max_batch_size or 1)
-        name = b.inputs[0].name
+    async def _stage(self, unit: ModelUnit, x: np.ndarray, answers: list[InferResult]) -> np.ndarray:
+        """Run rows of ``x`` through a stage in chunks of at most its batcher's ``max_batch_size`` rows.
+
+        The stage's handle is its fallback router when it has one: a failing or slow stage model is
+        answered by its fallback, which :attr:`InferResult.role` records (appended to ``answers``).
+        """
+        h = unit.handle
+        limit = max(1, unit.main.max_batch_size or 1)
+        name = h.inputs[0].name
         chunks = [x[i:i + limit] for i in range(0, len(x), limit)]
-        results: list[InferResult] = await asyncio.gather(*(b.infer(Inputs({name: c}, len(c))) for c in chunks))
-        out = b.outputs[0].name
+        results: list[InferResult] = await asyncio.gather(*(h.infer(Inputs({name: c}, len(c))) for c in chunks))
+        answers.extend(results)
+        out = h.outputs[0].name
         return np.concatenate([r.outputs[out] for r in results]) if len(results) > 1 else results[0].outputs[out]
 
     # ---- CPU work (threads) -----------------------------------------------------------------------
@@ -158,27 +178,28 @@ class OcrPipeline:
             self._inflight -= 1
 
     async def drain(self, timeout: float) -> bool:
-        """Refuse new images, let admitted ones pass all stages, then drain the stage batchers."""
+        """Refuse new images, let admitted ones pass all stages, then drain the stages."""
         self._closed = True
         deadline = time.monotonic() + timeout
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         left = max(0.0, deadline - time.monotonic())
-        results = await asyncio.gather(*(b.drain(left) for b in self.batchers))
+        results = await asyncio.gather(*(u.handle.drain(left) for u in self.units.values()))
         self._pool.shutdown(wait=False)
         return not self._inflight and all(results)
 
     async def _run(self, data: bytes) -> OcrResult:
         t = {}
+        answers: dict[str, list[InferResult]] = {st: [] for st in self.units}
         t0 = time.perf_counter()
-        img, fitted, x, decode_s = await self._thread(self._decode_and_fit, data)
+        img, fitted, x, decode_s = await self._thread(self._decode_and_fit, image.unwrap_base64(data))
         raw_h, raw_w = img.shape[:2]
         t["decode"] = decode_s
         t1 = time.perf_counter()
         t["det_pre"] = t1 - t0 - decode_s
         lines: list[TextLine] = []
         if x is not None:
-            pred = await self._stage(self.det, x)
+            pred = await self._stage(self.det, x, answers["det"])
             t2 = time.perf_counter()
             t["det"] = t2 - t1
             boxes, crops, cls_x = await self._thread(self._boxes_and_crops, pred, fitted)
@@ -186,12 +207,12 @@ class OcrPipeline:
             t["det_post"] = t3 - t2
             if crops:
                 if self.cls is not None and cls_x is not None:
-                    probs = await self._stage(self.cls, cls_x)
+                    probs = await self._stage(self.cls, cls_x, answers["cls"])
                     crops = await self._thread(self._rotate, crops, probs)
                 t4 = time.perf_counter()
                 t["cls"] = t4 - t3
                 groups = await self._thread(self._rec_groups, crops)
-                outs = await asyncio.gather(*(self._stage(self.rec, gx) for _, gx in groups))
+                outs = await asyncio.gather(*(self._stage(self.rec, gx, answers["rec"]) for _, gx in groups))
                 decoded: dict[int, tuple[str, float]] = {}
                 for (idx, _), probs in zip(groups, outs, strict=True):
                     for i, r in zip(idx, processing.ctc_decode(probs, self.characters), strict=True):
@@ -207,18 +228,18 @@ class OcrPipeline:
             if k != "total":
                 self._stage_hist[k].observe(v)
         self._lines_hist.observe(len(lines))
-        return OcrResult(lines, {k: v * 1000 for k, v in t.items()}, raw_w, raw_h)
+        stages = {st: _served(a) for st, a in answers.items() if a}
+        return OcrResult(lines, {k: v * 1000 for k, v in t.items()}, raw_w, raw_h, stages)
 
 
 class PipelineHandle:
-    """The :class:`~paddle_runtime.batcher.ModelHandle` of a served pipeline (what /v2 and probes see)."""
+    """The :class:`~paddle_runtime.contracts.ModelHandle` of a served pipeline (what /v2 and probes see)."""
 
     platform = "paddle_runtime_pipeline"
     inputs = (TensorSpec("image", "BYTES", (-1,)),)
     outputs = (TensorSpec("texts", "BYTES", (-1,)), TensorSpec("scores", "FP32", (-1,)),
                TensorSpec("boxes", "FP32", (-1, 4, 2)), TensorSpec("image_index", "INT32", (-1,)))
-    max_batch_size = 0
-    role = "main"
+    max_rows = None
 
     def __init__(self, name: str, pipeline: OcrPipeline) -> None:
         self._name = name
@@ -231,36 +252,47 @@ class PipelineHandle:
 
     @property
     def version(self) -> str:
-        """The stage versions together, e.g. ``det1-cls1-rec1``."""
-        return "-".join(f"{st}{b.version}" for st, b in zip(STAGES, (self.pipeline.det, self.pipeline.cls,
-                                                                          self.pipeline.rec), strict=True)
-                        if b is not None)
+        """The main stage versions together, e.g. ``det1-cls1-rec1``."""
+        return "-".join(f"{st}{u.handle.version}" for st, u in self.pipeline.units.items())
 
     @property
     def ready(self) -> bool:
-        """Every stage loaded and batching."""
-        return all(b.ready for b in self.pipeline.batchers)
-
-    def stages(self) -> dict[str, dict[str, str]]:
-        """Per stage: the model served (name, version, directory), for /version."""
-        out = {}
-        for st, b in zip(STAGES, (self.pipeline.det, self.pipeline.cls, self.pipeline.rec), strict=True):
-            if b is not None:
-                out[st] = {"model": b.name, "version": b.version, "model_dir": str(b.engine.source)}
-        return out
+        """Every stage can answer (a stage with a fallback: either of its models)."""
+        return all(u.handle.ready for u in self.pipeline.units.values())
 
     def live(self) -> tuple[bool, str]:
         """Not live when any stage is wedged."""
-        for b in self.pipeline.batchers:
-            ok, reason = b.live()
+        for st, u in self.pipeline.units.items():
+            ok, reason = u.handle.live()
             if not ok:
-                return False, f"stage {b.name}: {reason}"
+                return False, f"stage {st} ({u.handle.name}): {reason}"
         return True, "ok"
 
     async def infer(self, inputs: Inputs) -> InferResult:
-        """Tensors are not the pipeline's input: say where images go."""
-        raise InvalidInput(f"pipeline '{self.name}' takes an encoded image: POST the PNG/JPEG bytes to "
-                           f"/v2/models/{self.name}/ocr, or a BYTES input 'image' to /v2/models/{self.name}/infer")
+        """OCR of each encoded image of the BYTES input ``image``; one output row per text line."""
+        images = [bytes(b) for b in inputs.arrays["image"].reshape(-1)]
+        results = await asyncio.gather(*(self.pipeline.run(img) for img in images))
+        return self.result(list(results))
+
+    def result(self, results: list[OcrResult]) -> InferResult:
+        """The tensors of one or more images' results, with the versions and role that answered.
+
+        ``details`` keeps the :class:`OcrResult` objects (timings, stages) for the ``/ocr`` route.
+        """
+        lines = [(k, line) for k, r in enumerate(results) for line in r.lines]
+        outputs = {
+            "texts": np.array([line.text for _, line in lines], dtype=object),
+            "scores": np.array([line.score for _, line in lines], dtype=np.float32),
+            "boxes": np.array([line.box for _, line in lines], dtype=np.float32).reshape(-1, 4, 2),
+            "image_index": np.array([k for k, _ in lines], dtype=np.int32),
+        }
+        role = "fallback" if any(r.role != "main" for r in results) else "main"
+        served: dict[str, set[str]] = {}
+        for r in results:
+            for st, info in r.stages.items():
+                served.setdefault(st, set()).add(info["version"])
+        version = "-".join(f"{st}{'+'.join(sorted(v))}" for st, v in served.items()) or self.version
+        return InferResult(outputs, version, role, results)
 
     async def drain(self, timeout: float) -> bool:
         """Finish admitted images, then drain the stages."""

