@@ -9,9 +9,18 @@ path is split into segments (medians); at any concurrency the CPU seconds each s
 per request are read from ``/proc/self/task``, which is what bounds throughput on one core.
 
     python benchmarks/request_path.py --model mobilenet_v3_small -c 1 -d 10
-    python benchmarks/request_path.py --model ppocrv4_rec -c 32 -d 10
+    python benchmarks/request_path.py --model ppocrv4_rec -c 32 -d 10 --profile
 
-Prints one JSON object (and writes it to ``results/request_path-<model>-c<c>.json``).
+Prints one JSON object (and writes it to ``results/request_path-<model>-c<c>.json``).  ``--profile``
+adds a py-spy sample of the event-loop thread (microseconds per request by function).
+
+Before/after on the same machine in the same minutes (what counts on a shared box)::
+
+    python benchmarks/request_path.py --ab 0865b0d --rounds 4 -c 1 -d 6 --profile
+
+runs the runtime of git revision ``0865b0d`` and of this working tree alternately (``--rounds`` each,
+one process per run, same client), and prints the medians of every figure side by side
+(``results/request_path-ab-<model>-c<c>.json``).
 """
 
 from __future__ import annotations
@@ -21,16 +30,19 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from serving import CACHE, models, oip_body, paddle_version  # noqa: E402
+from serving import CACHE, checkout, models, oip_body, paddle_version  # noqa: E402
 
 CLIENT = r"""
 import json, socket, sys, time, threading
@@ -104,11 +116,17 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     class TimedProtocol(HttpProtocol):
         _first = True
 
-        def data_received(self, data: bytes) -> None:
+        def data_received(self, data: bytes) -> None:  # a plain Protocol (the runtime before 2026-12)
             if self._first:
                 mark(("first_byte", pc()))
                 self._first = False
             super().data_received(data)
+
+        def buffer_updated(self, nbytes: int) -> None:  # a BufferedProtocol: bytes read into our buffer
+            if self._first:
+                mark(("first_byte", pc()))
+                self._first = False
+            super().buffer_updated(nbytes)  # type: ignore[misc]
 
         def on_message_complete(self) -> None:
             mark(("message_complete", pc()))
@@ -144,9 +162,20 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
 
     await client(2.0)  # warm-up (and the adaptive batcher's first measurements)
     marks.clear()
+    spy = None
+    if a.profile:
+        raw = Path(tempfile.mkstemp(suffix=".txt")[1])
+        spy = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()), "--threads",
+            "--nonblocking", "--function", "--rate", str(a.profile_rate), "--format", "raw", "--output", str(raw),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await asyncio.sleep(0.5)  # attached
     cpu0, t0 = thread_cpu(), time.perf_counter()
     sent = await client(a.duration)
     wall, cpu1 = time.perf_counter() - t0, thread_cpu()
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+        await spy.wait()
     info = batcher.batching_info()
     await batcher.drain(5)
     await server.stop_accepting()
@@ -162,7 +191,38 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     }
     if a.concurrency == 1:
         res["segments_p50_us"] = segments(marks, sent)
+    if spy is not None:
+        res["py_spy_loop_us_per_request"] = loop_profile(raw.read_text(), wall, n, a.profile_rate)
+        raw.unlink()
     return res
+
+
+def loop_profile(raw: str, wall: float, n: int, rate: int, top: int = 30) -> dict[str, float]:
+    """Event-loop thread samples (py-spy raw format) as microseconds per request by function.
+
+    Inclusive: a function counts once per sample it is on the stack in.  py-spy cannot tell a thread
+    blocked in uvloop's C poll from a running one, so the loop's top frames (``run``, ``run_forever``)
+    are left out; what remains is Python work done on the loop.
+    """
+    per_fn: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread = frames[0]
+        if "MainThread" not in thread:
+            continue
+        seen = set()
+        for f in frames[1:]:
+            name = f.split(" (")[0]
+            where = f.split(" (")[1].rstrip(")") if " (" in f else ""
+            key = f"{name} ({where.split(':')[0]})"
+            if name.rsplit(".", 1)[-1] in ("<module>", "main", "run", "run_until_complete", "run_forever",
+                                           "_run_once") or key in seen:
+                continue
+            seen.add(key)
+            per_fn[key] = per_fn.get(key, 0) + int(count)
+    us = {k: round(1e6 * v / rate / n, 1) for k, v in per_fn.items()}
+    return dict(sorted(us.items(), key=lambda kv: -kv[1])[:top])
 
 
 ORDER = ("first_byte", "message_complete", "infer_enter", "predict_start", "predict_end", "infer_exit", "written")
@@ -190,6 +250,46 @@ def segments(marks: list[tuple[str, float]], sent: list[tuple[float, float]]) ->
     return {k: round(1e6 * statistics.median(v), 1) for k, v in seg.items() if v}
 
 
+def ab(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Run revision ``a.ab`` and this working tree alternately; medians of each figure per side."""
+    sides = {"before": str(checkout(a.ab)), "after": str(REPO / "runtime")}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    child = [x for x in argv if x not in ("--ab", a.ab) and not x.startswith("--rounds") and x != str(a.rounds)]
+    for rnd in range(a.rounds):
+        order = list(sides) if rnd % 2 == 0 else list(reversed(sides))  # ABBA: neither side always goes first
+        for side in order:
+            out = Path(tempfile.mkstemp(suffix=".json")[1])
+            subprocess.run([sys.executable, __file__, *child, "--src", sides[side], "--json-out", str(out)],
+                           check=True, stdout=subprocess.DEVNULL)
+            r = json.loads(out.read_text())
+            out.unlink()
+            runs[side].append(r)
+            print(f"round {rnd + 1} {side:6s} {r['req_per_s']:7.1f} req/s  client p50 {r['client_p50_ms']:.2f} ms  "
+                  f"load {r['loadavg']:.1f}  cpu/req {r['cpu_us_per_request']}", file=sys.stderr, flush=True)
+
+    def med(side: str, get: Any) -> float | None:
+        vals = [v for v in (get(r) for r in runs[side]) if v is not None]
+        return round(statistics.median(vals), 1) if vals else None
+
+    res: dict[str, Any] = {"model": a.model, "concurrency": a.concurrency, "rounds": a.rounds, "before": a.ab,
+                           "loadavg": [r["loadavg"] for s in runs for r in runs[s]], "runs": runs, "median": {}}
+    keys: list[tuple[str, Any]] = [("req_per_s", lambda r: r["req_per_s"]),
+                                   ("client_p50_us", lambda r: 1000 * r["client_p50_ms"])]
+    for t in ("MainThread", "predict", "other"):
+        keys.append((f"cpu_us_per_request.{t}", lambda r, t=t: r["cpu_us_per_request"].get(t)))
+    for seg in runs["after"][0].get("segments_p50_us", {}):
+        keys.append((f"segment.{seg}", lambda r, seg=seg: r.get("segments_p50_us", {}).get(seg)))
+    fns = set()
+    for side in runs:
+        for r in runs[side]:
+            fns.update(r.get("py_spy_loop_us_per_request", {}))
+    for fn in sorted(fns):
+        keys.append((f"py-spy.{fn}", lambda r, fn=fn: r.get("py_spy_loop_us_per_request", {}).get(fn, 0.0)))
+    for k, get in keys:
+        res["median"][k] = {side: med(side, get) for side in sides}
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenet_v3_small", choices=["mobilenet_v3_small", "ppocrv4_rec"])
@@ -199,7 +299,25 @@ def main() -> int:
     p.add_argument("--fixed", action="store_true", help="adaptive batching off")
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--client-cpu", default="0")
+    p.add_argument("--profile", action="store_true", help="py-spy the event-loop thread during the measurement")
+    p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
+    p.add_argument("--ab", metavar="REF", help="compare git revision REF (before) with this tree (after)")
+    p.add_argument("--rounds", type=int, default=4, help="runs per side with --ab")
+    p.add_argument("--src", help=argparse.SUPPRESS)  # import paddle_runtime from here (--ab)
+    p.add_argument("--json-out", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.ab:
+        res = ab(a, sys.argv[1:])
+        out = HERE / "results" / f"request_path-ab-{a.model}-c{a.concurrency}.json"
+        out.write_text(json.dumps(res, indent=1))
+        print(f"# {a.model} c={a.concurrency}: before = {a.ab}, after = this tree; medians of {a.rounds} "
+              f"interleaved runs each; load average {min(res['loadavg']):.1f}-{max(res['loadavg']):.1f}")
+        print("| figure | before | after |\n|---|---|---|")
+        for k, v in res["median"].items():
+            print(f"| {k} | {v['before']} | {v['after']} |")
+        return 0
+    if a.src:
+        sys.path.insert(0, a.src)
     os.sched_setaffinity(0, {int(c) for c in a.server_cpu.split(",")})
     try:
         import uvloop
@@ -207,6 +325,9 @@ def main() -> int:
         res = uvloop.run(main_async(a))
     except ImportError:
         res = asyncio.run(main_async(a))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(res))
+        return 0
     out = HERE / "results" / f"request_path-{a.model}-c{a.concurrency}.json"
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

@@ -7,6 +7,7 @@ the JSON header (``Inference-Header-Content-Length``), so large tensors are neve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,8 @@ import orjson
 from .contracts import InferResult, ModelHandle
 from .errors import BadRequest, InvalidInput
 from .model_dir import NUMPY_TO_OIP, OIP_TO_NUMPY
-from .transport import JSON, Response, json_response
+from .transport import BINARY_HEADER, JSON, Response, json_response
 
-BINARY_HEADER = "inference-header-content-length"
 MODEL_ROLE_HEADER = "X-Model-Role"  # main | fallback: which model produced the answer
 MODEL_VERSION_HEADER = "X-Model-Version"
 
@@ -42,11 +42,12 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHandle) -> InferRequest:
+def decode_infer_request(body: bytes | bytearray, headers: dict[str, str], handle: ModelHandle) -> InferRequest:
     """Parse an OIP v2 infer body (JSON, or JSON header + binary tensors) into numpy arrays.
 
     This is wire-format decoding only (framing, datatypes, sizes); the arrays are checked against
-    the model once, afterwards, by :func:`~.contracts.validate_inputs`.
+    the model once, afterwards, by :func:`~.contracts.validate_inputs`.  Binary tensors are numpy
+    views of ``body`` (the transport aligns them; an unaligned one is copied once).
     """
     view = memoryview(body)
     hdr = headers.get(BINARY_HEADER)
@@ -79,7 +80,7 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
             raise InvalidInput(f"input '{name}': unsupported datatype {datatype!r}; use one of {sorted(OIP_TO_NUMPY)}")
         dtype = OIP_TO_NUMPY[datatype]
         shape = _shape(name, t.get("shape"))
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         params = t.get("parameters") or {}
         nbytes = params.get("binary_data_size") if isinstance(params, dict) else None
         if nbytes is not None:
@@ -94,8 +95,8 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
             chunk = binary[offset:offset + nbytes]
             offset += nbytes
             arr = np.frombuffer(chunk, dtype=dtype)
-            if (offset - nbytes) % dtype.itemsize:
-                arr = arr.copy()  # unaligned view: copy once so kernels get aligned memory
+            if not arr.flags.aligned:
+                arr = arr.copy()  # e.g. a chunked body: copy once so kernels get aligned memory
             inputs[name] = arr.reshape(shape)
         else:
             if "data" not in t:
@@ -109,11 +110,11 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
             inputs[name] = arr.reshape(shape)
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    out_names = {s.name for s in handle.outputs}
     binary_outputs: dict[str, bool] = {}
     for o in req.get("outputs") or []:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise BadRequest("each requested output must be an object with a string 'name'")
+        out_names = {s.name for s in handle.outputs}
         if o["name"] not in out_names:
             raise InvalidInput(f"unknown output '{o['name']}'; model '{handle.name}' has outputs {sorted(out_names)}")
         p = o.get("parameters") or {}
@@ -124,7 +125,7 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
     return InferRequest(str(rid) if rid is not None else None, inputs, binary_outputs, binary_default)
 
 
-def decode_predict_request(body: bytes, handle: ModelHandle) -> dict[str, np.ndarray]:
+def decode_predict_request(body: bytes | bytearray, handle: ModelHandle) -> dict[str, np.ndarray]:
     """Parse the simple form ``{"inputs": {name: nested list}}`` (or ``{"instances": [...]}`` for one input)."""
     try:
         doc = orjson.loads(body)

@@ -55,7 +55,7 @@ def _bytes_elements(raw: memoryview, count: int, name: str) -> list[bytes]:
     return out
 
 
-def decode_image_request(body: bytes, headers: dict[str, str]) -> tuple[str | None, list[bytes], dict[str, bool], bool]:
+def decode_image_request(body: bytes | bytearray, headers: dict[str, str]) -> tuple[str | None, list[bytes], dict[str, bool], bool]:
     """(id, images, requested outputs -> binary, binary default) of an OIP v2 infer request."""
     view = memoryview(body)
     hdr = headers.get(BINARY_HEADER)
