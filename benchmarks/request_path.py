@@ -67,7 +67,8 @@ print(json.dumps(out))
 
 
 def thread_cpu() -> dict[str, float]:
-    """CPU seconds (user + system) per thread name of this process."""
+    """CPU seconds (user + system) per thread name of this process, and minor page faults
+    (``<name> faults``): a buffer that is fresh memory costs a fault per 4 KiB page on first touch."""
     tick = os.sysconf("SC_CLK_TCK")
     names = {t.native_id: t.name for t in threading.enumerate()}
     res: dict[str, float] = {}
@@ -80,6 +81,7 @@ def thread_cpu() -> dict[str, float]:
         name = names.get(int(tid), "other")
         name = "predict" if name.startswith("predict") else name
         res[name] = res.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        res[name + " faults"] = res.get(name + " faults", 0.0) + int(fields[7]) / 1e6  # shown per request
     return res
 
 
@@ -166,7 +168,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     if a.profile:
         raw = Path(tempfile.mkstemp(suffix=".txt")[1])
         spy = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()), "--threads",
+            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()), "--threads", "--gil",
             "--nonblocking", "--function", "--rate", str(a.profile_rate), "--format", "raw", "--output", str(raw),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await asyncio.sleep(0.5)  # attached
@@ -200,17 +202,17 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
 def loop_profile(raw: str, wall: float, n: int, rate: int, top: int = 30) -> dict[str, float]:
     """Event-loop thread samples (py-spy raw format) as microseconds per request by function.
 
-    Inclusive: a function counts once per sample it is on the stack in.  py-spy cannot tell a thread
-    blocked in uvloop's C poll from a running one, so the loop's top frames (``run``, ``run_forever``)
-    are left out; what remains is Python work done on the loop.
+    Inclusive: a function counts once per sample it is on the stack in.  Only samples in which the
+    thread holds the GIL count (``py-spy --gil``): waiting in the poll or for the GIL (which Paddle's
+    ``run()`` holds) is not work.  The loop's top frames (``run``, ``run_forever``) are left out.
     """
     per_fn: dict[str, int] = {}
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
         thread = frames[0]
-        if "MainThread" not in thread:
-            continue
+        if "MainThread" not in thread or any(f.startswith("main_async (") for f in frames):
+            continue  # another thread, or the harness itself (starting the client process)
         seen = set()
         for f in frames[1:]:
             name = f.split(" (")[0]
@@ -275,7 +277,7 @@ def ab(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                            "loadavg": [r["loadavg"] for s in runs for r in runs[s]], "runs": runs, "median": {}}
     keys: list[tuple[str, Any]] = [("req_per_s", lambda r: r["req_per_s"]),
                                    ("client_p50_us", lambda r: 1000 * r["client_p50_ms"])]
-    for t in ("MainThread", "predict", "other"):
+    for t in ("MainThread", "predict", "other", "MainThread faults", "predict faults"):
         keys.append((f"cpu_us_per_request.{t}", lambda r, t=t: r["cpu_us_per_request"].get(t)))
     for seg in runs["after"][0].get("segments_p50_us", {}):
         keys.append((f"segment.{seg}", lambda r, seg=seg: r.get("segments_p50_us", {}).get(seg)))

@@ -50,8 +50,9 @@ MAX_HEADER_BYTES = 64 * 1024
 """Largest request line plus headers; more gets 431."""
 _LINGER_S = 2.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_HEAD_BUFFER = 64 * 1024
-"""Per-connection read buffer for request lines, headers and the start of each body."""
+_HEAD_BUFFER = 16 * 1024
+"""Per-connection read buffer for request lines, headers and the start of each body: small, since
+what a read puts here past the headers is copied into the body buffer, what goes there directly is not."""
 _ALIGN = 64
 BINARY_HEADER = "inference-header-content-length"
 """OIP binary extension: the JSON part's length; the binary tensors follow it in the body."""
