@@ -86,6 +86,8 @@ def thread_cpu() -> dict[str, float]:
 
 
 async def main_async(a: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
     from paddle_runtime.app import InferenceApp
     from paddle_runtime.batcher import Batcher
     from paddle_runtime.engine import PaddleEngine
@@ -103,6 +105,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         def predict(self, inputs: Any) -> Any:
             mark(("predict_start", pc()))
             try:
+                if a.no_inference:  # the rest of the path alone: answers of the right shape, no Paddle run
+                    rows = next(iter(inputs.values())).shape[0]
+                    return {n: np.zeros((rows, *s.shape[1:]), s.dtype) for n, s in self.no_inference_outputs}
                 return super().predict(inputs)
             finally:
                 mark(("predict_end", pc()))
@@ -142,6 +147,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     eng = TimedEngine(settings)
     await loop.run_in_executor(None, eng.load)
+    if a.no_inference:
+        out = eng._run(eng._pool.queue[0], eng._example(1))  # real output shapes
+        eng.no_inference_outputs = [(n, v) for n, v in out.items()]
     batcher = TimedBatcher(eng, settings)
     await batcher.start()
     app = InferenceApp(settings)
@@ -186,7 +194,8 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     n = len(sent)
     res: dict[str, Any] = {
         "model": a.model, "concurrency": a.concurrency, "requests": n, "req_per_s": n / wall,
-        "adaptive": not a.fixed, "cpu_threads": a.cpu_threads, "loadavg": os.getloadavg()[0],
+        "adaptive": not a.fixed, "cpu_threads": a.cpu_threads, "no_inference": a.no_inference,
+        "loadavg": os.getloadavg()[0],
         "cpu_us_per_request": {k: round(1e6 * (cpu1.get(k, 0) - cpu0.get(k, 0)) / n, 1) for k in cpu1
                                if cpu1.get(k, 0) - cpu0.get(k, 0) > 0},
         "client_p50_ms": 1000 * statistics.median(e - s for s, e in sent), "batching": info,
@@ -299,6 +308,8 @@ def main() -> int:
     p.add_argument("-d", "--duration", type=float, default=10.0)
     p.add_argument("--cpu-threads", type=int, default=1)
     p.add_argument("--fixed", action="store_true", help="adaptive batching off")
+    p.add_argument("--no-inference", action="store_true",
+                   help="skip the Paddle run (zeros of the output shape): the event loop's own cost per request")
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--client-cpu", default="0")
     p.add_argument("--profile", action="store_true", help="py-spy the event-loop thread during the measurement")
