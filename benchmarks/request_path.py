@@ -170,6 +170,12 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         out, _ = await proc.communicate()
         return [tuple(x) for x in json.loads(out)]
 
+    from prometheus_client import REGISTRY
+
+    def batches() -> tuple[float, float]:  # (rows, batches) the batcher ran so far
+        return (REGISTRY.get_sample_value("paddle_runtime_batch_size_sum", {"model": eng.name}) or 0.0,
+                REGISTRY.get_sample_value("paddle_runtime_batch_size_count", {"model": eng.name}) or 0.0)
+
     await client(2.0)  # warm-up (and the adaptive batcher's first measurements)
     marks.clear()
     spy = None
@@ -180,9 +186,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             "--nonblocking", "--function", "--rate", str(a.profile_rate), "--format", "raw", "--output", str(raw),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await asyncio.sleep(0.5)  # attached
-    cpu0, t0 = thread_cpu(), time.perf_counter()
+    cpu0, t0, batches0 = thread_cpu(), time.perf_counter(), batches()
     sent = await client(a.duration)
-    wall, cpu1 = time.perf_counter() - t0, thread_cpu()
+    wall, cpu1, batches1 = time.perf_counter() - t0, thread_cpu(), batches()
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
         await spy.wait()
@@ -199,6 +205,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         "cpu_us_per_request": {k: round(1e6 * (cpu1.get(k, 0) - cpu0.get(k, 0)) / n, 1) for k in cpu1
                                if cpu1.get(k, 0) - cpu0.get(k, 0) > 0},
         "client_p50_ms": 1000 * statistics.median(e - s for s, e in sent), "batching": info,
+        "rows_per_batch": (batches1[0] - batches0[0]) / max(1.0, batches1[1] - batches0[1]),
     }
     if a.concurrency == 1:
         res["segments_p50_us"] = segments(marks, sent)
@@ -276,6 +283,7 @@ def ab(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             out.unlink()
             runs[side].append(r)
             print(f"round {rnd + 1} {side:6s} {r['req_per_s']:7.1f} req/s  client p50 {r['client_p50_ms']:.2f} ms  "
+                  f"rows/batch {r.get('rows_per_batch', 0):.2f}  "
                   f"load {r['loadavg']:.1f}  cpu/req {r['cpu_us_per_request']}", file=sys.stderr, flush=True)
 
     def med(side: str, get: Any) -> float | None:
@@ -285,7 +293,8 @@ def ab(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     res: dict[str, Any] = {"model": a.model, "concurrency": a.concurrency, "rounds": a.rounds, "before": a.ab,
                            "loadavg": [r["loadavg"] for s in runs for r in runs[s]], "runs": runs, "median": {}}
     keys: list[tuple[str, Any]] = [("req_per_s", lambda r: r["req_per_s"]),
-                                   ("client_p50_us", lambda r: 1000 * r["client_p50_ms"])]
+                                   ("client_p50_us", lambda r: 1000 * r["client_p50_ms"]),
+                                   ("rows_per_batch", lambda r: r.get("rows_per_batch"))]
     for t in ("MainThread", "predict", "other", "MainThread faults", "predict faults"):
         keys.append((f"cpu_us_per_request.{t}", lambda r, t=t: r["cpu_us_per_request"].get(t)))
     for seg in runs["after"][0].get("segments_p50_us", {}):
@@ -321,7 +330,7 @@ def main() -> int:
     a = p.parse_args()
     if a.ab:
         res = ab(a, sys.argv[1:])
-        out = HERE / "results" / f"request_path-ab-{a.model}-c{a.concurrency}.json"
+        out = HERE / "results" / f"request_path-ab-{a.model}-c{a.concurrency}{'-noinf' if a.no_inference else ''}.json"
         out.write_text(json.dumps(res, indent=1))
         print(f"# {a.model} c={a.concurrency}: before = {a.ab}, after = this tree; medians of {a.rounds} "
               f"interleaved runs each; load average {min(res['loadavg']):.1f}-{max(res['loadavg']):.1f}")
@@ -341,7 +350,7 @@ def main() -> int:
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(res))
         return 0
-    out = HERE / "results" / f"request_path-{a.model}-c{a.concurrency}.json"
+    out = HERE / "results" / f"request_path-{a.model}-c{a.concurrency}{'-noinf' if a.no_inference else ''}.json"
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
     return 0

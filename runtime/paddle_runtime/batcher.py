@@ -344,6 +344,10 @@ class Batcher:
                 # Woken by infer() (a request queued) and _finish() (a worker is free).
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                # One loop iteration before taking a batch: requests that arrived while the batch ran
+                # (Paddle's run() holds the GIL, so they wait in the socket buffers) are read and
+                # queued first. Not a timed wait; an idle batcher never gets here (see infer).
+                await asyncio.sleep(0)
                 continue
             eng = self._engine  # read once: the whole batch runs on this engine (one version)
             head = next(r for r in self._queue if not r.future.done())
