@@ -267,6 +267,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._too_large = True
             return
         if length > 0 and "transfer-encoding" not in h:
+            # Allocated before the body arrives, but not written (no zero-fill): the kernel backs a
+            # large buffer's pages only as bytes are read into them, so a client that declares a big
+            # body and sends little holds no more memory than before.
             # Binary tensors start after the JSON header: align them (a bad value is the codec's to refuse).
             json_len = h.get(BINARY_HEADER, "")
             at = int(json_len) if json_len.isdigit() and int(json_len) <= length else 0
