@@ -19,7 +19,7 @@ spread (min-max); the ceiling is the best batch size's median raw throughput.  E
 (oneDNN, 1 math thread).  Flask/gunicorn/KServe live in a separate venv (default
 ``~/.cache/paddle-sla/bench-venv``, created on first use) because KServe pins heavy dependencies.
 
-    python benchmarks/serving.py --quick      # 2 repeats x 3 s per point (8 s for PP-OCR rec), ~12 min
+    python benchmarks/serving.py --quick      # 2 repeats x 3 s per point (8 s for PP-OCR rec), ~13 min
     python benchmarks/serving.py              # 3 repeats x 10 s per point: the run the README quotes, ~30 min
     python benchmarks/serving.py --quick --before 0865b0d   # adds ours-before: the runtime of that revision
 
@@ -365,7 +365,7 @@ def table(results: dict) -> str:
                          f" | {p99r} | {'/'.join(map(str, sizes)) or '-'} |")
         if "ours" in r:
             lines.append(f"\nc=1 p50: ours {r['ours'][1]['p50_ms']:.2f} ms vs raw batch-1 {raw[1]['p50_ms']:.2f} ms "
-                         f"(+{r['ours'][1]['p50_ms'] - raw[1]['p50_ms']:.2f} ms)")
+                         f"({r['ours'][1]['p50_ms'] - raw[1]['p50_ms']:+.2f} ms)")
         if "ours" in r and "ours-before" in r:
             b = r["ours-before"]
             lines.append("\nours / ours-before (same run, interleaved): " + ", ".join(
