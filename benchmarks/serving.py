@@ -5,7 +5,8 @@ Closed-loop load at concurrency 1, 8 and 32 on MobileNetV3-small (1x3x224x224) a
 
 (a) raw: an in-process ``paddle.inference`` predictor at batch 1/2/4/8 (the ceiling; no HTTP);
 (b) ours: ``paddle-runtime serve`` (OIP v2, binary tensors, adaptive dynamic batching up to 8, 1 worker);
-    ``ours-fixed`` is the same with ``adaptive_batching`` off (always batch up to 8);
+    ``ours-fixed`` is the same with ``adaptive_batching`` off (always batch up to 8); with
+    ``--before REF``, ``ours-before`` is ``ours`` as of git revision REF (a before/after in one run);
 (c) flask: Flask + gunicorn (2 sync workers), one predictor per worker, raw float32 body, no batching;
 (d) kserve: the KServe Python model server, a minimal ``kserve.Model`` over the same predictor
     (OIP v2, binary tensors).
@@ -18,8 +19,9 @@ spread (min-max); the ceiling is the best batch size's median raw throughput.  E
 (oneDNN, 1 math thread).  Flask/gunicorn/KServe live in a separate venv (default
 ``~/.cache/paddle-sla/bench-venv``, created on first use) because KServe pins heavy dependencies.
 
-    python benchmarks/serving.py --quick      # 2 repeats x 3 s per point (8 s for PP-OCR rec)
-    python benchmarks/serving.py              # 3 repeats x 10 s per point: the run the README quotes
+    python benchmarks/serving.py --quick      # 2 repeats x 3 s per point (8 s for PP-OCR rec), ~13 min
+    python benchmarks/serving.py              # 3 repeats x 10 s per point: the run the README quotes, ~30 min
+    python benchmarks/serving.py --quick --before 0865b0d   # adds ours-before: the runtime of that revision
 
 Writes ``benchmarks/results/serving[-quick].json`` and ``.png`` and prints the table with ratios.
 The machine is shared: the 1-minute load average is recorded at the start of every point, and the
@@ -183,6 +185,24 @@ print(json.dumps(res))
 """
 
 
+def checkout(ref: str) -> Path:
+    """The ``runtime/`` tree of git revision ``ref``, extracted once into the cache (``ours-before``)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dest = CACHE / "runtime-src" / sha
+    if not (dest / "paddle_runtime" / "__init__.py").is_file():
+        tmp = dest.with_name(sha + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", sha, "runtime/paddle_runtime"], capture_output=True,
+                             check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=tar, check=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        (tmp / "runtime").rename(dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def bench_raw(m: dict, duration: float, cpu: str) -> dict:
     out = subprocess.run(["taskset", "-c", cpu, sys.executable, "-c", RAW_SCRIPT, str(HERE / "baselines"), str(m["dir"]),
                           ",".join(map(str, m["shape"])), str(duration), ",".join(map(str, RAW_BATCHES))],
@@ -199,8 +219,10 @@ class Server:
         env = {**os.environ, "BENCH_MODEL_DIR": str(m["dir"]), "BENCH_SHAPE": ",".join(map(str, m["shape"])),
                "PYTHONUNBUFFERED": "1"}
         pin = ["taskset", "-c", a.server_cpu]
-        if kind in ("ours", "ours-fixed"):
-            env["PADDLE_RUNTIME_ADAPTIVE_BATCHING"] = "true" if kind == "ours" else "false"
+        if kind in ("ours", "ours-fixed", "ours-before"):
+            env["PADDLE_RUNTIME_ADAPTIVE_BATCHING"] = "true" if kind != "ours-fixed" else "false"
+            if kind == "ours-before":
+                env["PYTHONPATH"] = str(checkout(a.before))  # that revision's paddle_runtime first on the path
             cmd = [*pin, sys.executable, "-m", "paddle_runtime.cli", "serve", "--model-dir", str(m["dir"]), "--host",
                    "127.0.0.1", "--port", str(port), "--workers", "1", "--cpu-threads", "1", "--max-batch-size",
                    str(a.max_batch_size), "--batch-timeout-ms", "5", "--log-level", "WARNING"]
@@ -311,7 +333,7 @@ def bench_servers(systems: list[str], m: dict, a: argparse.Namespace, venv: Path
 # ---- report -----------------------------------------------------------------------------------------------
 
 
-SYSTEMS = ("ours", "ours-fixed", "flask", "kserve")
+SYSTEMS = ("ours", "ours-before", "ours-fixed", "flask", "kserve")
 
 
 def table(results: dict) -> str:
@@ -343,7 +365,13 @@ def table(results: dict) -> str:
                          f" | {p99r} | {'/'.join(map(str, sizes)) or '-'} |")
         if "ours" in r:
             lines.append(f"\nc=1 p50: ours {r['ours'][1]['p50_ms']:.2f} ms vs raw batch-1 {raw[1]['p50_ms']:.2f} ms "
-                         f"(+{r['ours'][1]['p50_ms'] - raw[1]['p50_ms']:.2f} ms)")
+                         f"({r['ours'][1]['p50_ms'] - raw[1]['p50_ms']:+.2f} ms)")
+        if "ours" in r and "ours-before" in r:
+            b = r["ours-before"]
+            lines.append("\nours / ours-before (same run, interleaved): " + ", ".join(
+                f"c={c} {r['ours'][c]['qps'] / b[c]['qps']:.2f}x req/s, p50 {r['ours'][c]['p50_ms']:.2f} vs "
+                f"{b[c]['p50_ms']:.2f} ms, p99 {r['ours'][c]['p99_ms']:.1f} vs {b[c]['p99_ms']:.1f} ms"
+                for c in CONCURRENCY if b[c]["qps"]))
     return "\n".join(lines)
 
 
@@ -361,7 +389,7 @@ fig, axes = plt.subplots(2, len(ms), figsize=(6 * len(ms), 8), squeeze=False)
 for j, m in enumerate(ms):
     r = res["models"][m]
     best = max(v["img_per_s"] for v in r["raw"].values())
-    for s, style in (("ours", "o-"), ("ours-fixed", "o--"), ("flask", "s-"), ("kserve", "^-")):
+    for s, style in (("ours", "o-"), ("ours-before", "o:"), ("ours-fixed", "o--"), ("flask", "s-"), ("kserve", "^-")):
         if s in r:
             cs = sorted(int(c) for c in r[s])
             axes[0][j].plot(cs, [r[s][str(c)]["qps"] for c in cs], style, label=s)
@@ -383,6 +411,7 @@ def main() -> int:
     p.add_argument("--server-cpu", default="1", help="cpu list for servers and the raw loop")
     p.add_argument("--client-cpu", default="0", help="cpu list for the load generator")
     p.add_argument("--systems", default="ours,ours-fixed,flask,kserve")
+    p.add_argument("--before", metavar="REF", help="also run ours as of git revision REF (system ours-before)")
     p.add_argument("--models", default="mobilenet_v3_small,ppocrv4_rec")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--flask-workers", type=int, default=2)
@@ -393,6 +422,8 @@ def main() -> int:
     if not shutil.which("taskset"):
         log("taskset not found: runs are not pinned")
     systems = a.systems.split(",")
+    if a.before and "ours-before" not in systems:
+        systems.insert(1, "ours-before")
     venv = Path(a.bench_venv)
     have = ensure_bench_venv(venv, "kserve" in systems) if {"flask", "kserve"} & set(systems) else {}
     if "flask" in systems and not (have.get("flask") and have.get("gunicorn") and have.get("paddle")):

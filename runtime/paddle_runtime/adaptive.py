@@ -23,7 +23,6 @@ Pure: no asyncio, no engine; the batcher calls it from the event loop only.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +54,9 @@ class BatchSizeController:
         self.max_age_s = max_age_s
         self._clock = clock
         self._samples: dict[int, deque[tuple[float, float, float]]] = {}  # rung -> (t, s/row, s/batch)
+        # rung -> (cost per row, median batch seconds) of its fresh samples; dropped when they change.
+        # Recomputing every rung's quantiles on every batch cost ~20 us of event-loop time per request.
+        self._stats: dict[int, tuple[float, float]] = {}
         self._decisions = 0
         self._asked: dict[int, int] = {}  # rung -> times asked for since its last sample
         self._explore_up = True
@@ -66,6 +68,7 @@ class BatchSizeController:
         """Change the cap (``max_batch_size``); estimates for rungs that remain are kept."""
         self.rungs = ladder(cap)
         self._samples = {r: self._samples.get(r, deque(maxlen=self.window)) for r in self.rungs}
+        self._stats = {r: v for r, v in self._stats.items() if r in self._samples}
         if self.chosen not in self.rungs:
             self.chosen = max(r for r in self.rungs if r <= self.chosen) if self.chosen > 1 else 1
         self._choose()
@@ -81,9 +84,24 @@ class BatchSizeController:
     def _fresh(self, rung: int) -> deque[tuple[float, float, float]]:
         q = self._samples[rung]
         horizon = self._clock() - self.max_age_s
-        while q and q[0][0] < horizon:
-            q.popleft()
+        if q and q[0][0] < horizon:
+            while q and q[0][0] < horizon:
+                q.popleft()
+            self._stats.pop(rung, None)
         return q
+
+    def _stat(self, rung: int) -> tuple[float, float] | None:
+        q = self._fresh(rung)
+        if not q:
+            return None
+        st = self._stats.get(rung)
+        if st is None:
+            n = len(q)
+            per_row = sorted(s[1] for s in q)
+            batch = sorted(s[2] for s in q)
+            median = batch[n // 2] if n % 2 else (batch[n // 2 - 1] + batch[n // 2]) / 2
+            st = self._stats[rung] = (per_row[(n - 1) // 4], median)
+        return st
 
     def cost(self, rung: int) -> float | None:
         """Seconds per row at ``rung``: the lower quartile of fresh samples (None when unmeasured).
@@ -91,15 +109,13 @@ class BatchSizeController:
         On a shared machine noise only ever slows a run down (preemption, cache thrash), so a low
         quantile estimates the model's own cost better than the mean or median do.
         """
-        q = self._fresh(rung)
-        if not q:
-            return None
-        return sorted(s[1] for s in q)[(len(q) - 1) // 4]
+        st = self._stat(rung)
+        return st[0] if st else None
 
     def batch_seconds(self, rung: int) -> float | None:
         """Median run time of a whole batch at ``rung`` over fresh samples (None when unmeasured)."""
-        q = self._fresh(rung)
-        return statistics.median(s[2] for s in q) if q else None
+        st = self._stat(rung)
+        return st[1] if st else None
 
     def size(self, available: int) -> int:
         """Rows to take for the next batch when ``available`` rows of this shape are queued."""
@@ -131,19 +147,19 @@ class BatchSizeController:
             return
         rung = self._rung(rows)
         self._samples[rung].append((self._clock(), seconds / rows, seconds))
+        self._stats.pop(rung, None)
         self._asked[rung] = 0
         self._choose()
 
     def _choose(self) -> None:
         costs = {}
         for r in self.rungs:
-            c = self.cost(r)
-            if c is None or len(self._samples[r]) < min(self.min_samples, self.window):
+            st = self._stat(r)
+            if st is None or len(self._samples[r]) < min(self.min_samples, self.window):
                 continue
-            bs = self.batch_seconds(r)
-            if r > 1 and self.budget_s is not None and bs is not None and bs > self.budget_s / 2:
+            if r > 1 and self.budget_s is not None and st[1] > self.budget_s / 2:
                 continue  # a batch this big would eat the latency budget
-            costs[r] = c
+            costs[r] = st[0]
         if not costs:
             return
         best = min(costs, key=lambda r: costs[r])

@@ -199,9 +199,7 @@ class InferenceApp(App):
             raise
         finally:
             gauge.dec()
-            metrics.REQUESTS.labels(h.name, *labels, str(code)).inc()
-            if code == 200:
-                metrics.observe_success(h.name, labels[0], labels[1], time.perf_counter() - t0)
+            metrics.count_request(h.name, labels[0], labels[1], code, time.perf_counter() - t0)
 
     async def infer(self, h: ModelHandle, req: Request) -> Response:
         """``POST /v2/models/{name}/infer``."""

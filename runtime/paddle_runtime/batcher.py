@@ -23,6 +23,15 @@ Batching policy
     The batch is concatenated and run in a worker thread; outputs are split back by row offsets, so
     every caller gets exactly its own rows.
 
+Threads and hand-offs
+    One worker thread per pooled predictor takes batches from a queue; a finished batch comes back
+    to the event loop with one ``call_soon_threadsafe`` that resolves the callers' futures (no
+    executor futures chained to asyncio futures).  A request that finds the batcher idle (nothing
+    queued, nothing running) goes to a worker at once, without waking the dispatcher coroutine.
+    Paddle's ``Predictor.run()`` holds the GIL on CPU builds (paddle 3.3: only Ascend builds release
+    it), so predictors of one process never run at the same time: ``workers`` > 1 does not add
+    throughput, and while a batch runs the event loop waits too.
+
 Engine swaps (hot reload)
     ``swap_engine(new)`` replaces the engine atomically for the *next* batch.  The engine is read
     once when a batch is formed, so a batch never mixes versions; batches already running finish
@@ -38,11 +47,11 @@ Backpressure
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import queue
+import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,8 +93,11 @@ class Batcher:
         self._max_delay_ms = settings.batch_timeout_ms
         self._queue: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
-        self._executor = ThreadPoolExecutor(max_workers=max(1, engine.workers), thread_name_prefix="predict")
-        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers = max(1, engine.workers)
+        self._work: queue.SimpleQueue[tuple[Engine, list[_Request], BatchSizeController | None] | None] = \
+            queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._running = 0
         self._closed = False
         self._task: asyncio.Task | None = None
@@ -189,10 +201,14 @@ class Batcher:
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the dispatcher in the running loop."""
+        """Start the worker threads and the dispatcher in the running loop."""
+        self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(max(1, self._engine.workers))
-        self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="batcher")
+        for i in range(self._workers):
+            t = threading.Thread(target=self._worker, name=f"predict-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._task = self._loop.create_task(self._dispatch_loop(), name="batcher")
 
     def swap_engine(self, new: Engine) -> Engine:
         """Serve the next batches from ``new``; returns the old engine (still running its batches).
@@ -223,7 +239,8 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._executor.shutdown(wait=False)
+        for _ in self._threads:
+            self._work.put(None)  # each worker ends after the batch it runs (a wedged one never does)
         return done
 
     def live(self) -> tuple[bool, str]:
@@ -251,17 +268,49 @@ class Batcher:
             key: tuple = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
         else:
             key = ("alone", id(inputs))  # unique: never stacked
-        fut = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        assert loop is not None and self._wakeup is not None
+        fut = loop.create_future()
+        req = _Request(inputs, rows, key, fut)
         if not self._queue and not self._running:
-            self._last_progress = time.monotonic()  # idle until now: waiting starts here
-        self._queue.append(_Request(inputs, rows, key, fut))
-        self._depth.set(len(self._queue))
-        assert self._wakeup is not None
-        self._wakeup.set()
+            # Idle: no batch is forming or running, so this request is the whole batch. Straight to a
+            # worker (the dispatcher would take it alone too, one loop iteration later).
+            self._last_progress = time.monotonic()
+            ctrl = self._controller(key, eng) if self._adaptive(eng, key) else None
+            self._submit(eng, [req], ctrl)
+        else:
+            self._queue.append(req)
+            self._depth.set(len(self._queue))
+            self._wakeup.set()
+        timer = loop.call_later(self.settings.request_timeout_s, _expire, fut, self.settings.request_timeout_s)
         try:
-            return await asyncio.wait_for(fut, self.settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise Unavailable(f"inference did not finish within {self.settings.request_timeout_s:.0f}s") from None
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _adaptive(self, eng: Engine, key: tuple) -> bool:
+        return (self.settings.adaptive_batching and eng.batchable and key[0] != "alone"
+                and self._batch_limit(eng) > 1)
+
+    def _submit(self, eng: Engine, batch: list[_Request], ctrl: BatchSizeController | None) -> None:
+        self._running += 1
+        self._work.put((eng, batch, ctrl))
+
+    def _worker(self) -> None:
+        """Worker thread: run batches; hand each result to the loop with one call_soon_threadsafe."""
+        loop = self._loop
+        assert loop is not None
+        while (item := self._work.get()) is not None:
+            eng, batch, ctrl = item
+            try:
+                outputs, seconds = _run_batch(eng, [r.inputs for r in batch])
+                done: tuple[Any, ...] = (batch, eng, ctrl, outputs, seconds, None)
+            except Exception as e:  # noqa: BLE001 - handed to the callers as their answer
+                done = (batch, eng, ctrl, None, 0.0, e)
+            try:
+                loop.call_soon_threadsafe(self._finish, *done)
+            except RuntimeError:  # the loop is closed: the process is exiting
+                return
 
     def _take(self, key: tuple, room: int, first: bool) -> list[_Request]:
         """Pop queued requests with batch ``key`` fitting in ``room`` rows, keeping queue order.
@@ -286,19 +335,25 @@ class Batcher:
         return batch
 
     async def _dispatch_loop(self) -> None:
-        assert self._wakeup is not None and self._slots is not None
-        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
         while True:
-            await self._slots.acquire()
-            while not any(not r.future.done() for r in self._queue):
-                self._queue.clear()
+            if self._queue and all(r.future.done() for r in self._queue):
+                self._queue.clear()  # all cancelled or timed out while queued
+                self._depth.set(0)
+            if self._running >= self._workers or not self._queue:
+                # Woken by infer() (a request queued) and _finish() (a worker is free).
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                # One loop iteration before taking a batch: requests that arrived while the batch ran
+                # (Paddle's run() holds the GIL, so they wait in the socket buffers) are read and
+                # queued first. Not a timed wait; an idle batcher never gets here (see infer).
+                await asyncio.sleep(0)
+                continue
             eng = self._engine  # read once: the whole batch runs on this engine (one version)
             head = next(r for r in self._queue if not r.future.done())
             cap = limit = self._batch_limit(eng) if eng.batchable else 1
             ctrl = None
-            if limit > 1 and self.settings.adaptive_batching and head.key[0] != "alone":
+            if self._adaptive(eng, head.key):
                 ctrl = self._controller(head.key, eng)
                 available = sum(r.rows for r in self._queue if r.key == head.key and not r.future.done())
                 limit = ctrl.size(available)
@@ -321,22 +376,19 @@ class Batcher:
                     more = self._take(head.key, limit - rows, first=False)
                     batch.extend(more)
                     rows += sum(r.rows for r in more)
-            if not batch:
-                self._slots.release()
-                continue
-            self._running += 1
-            fut = loop.run_in_executor(self._executor, _run_batch, eng, [r.inputs for r in batch])
-            fut.add_done_callback(functools.partial(self._finish, batch=batch, eng=eng, ctrl=ctrl))
+            if batch:
+                self._submit(eng, batch, ctrl)
 
-    def _finish(self, f: asyncio.Future, batch: list[_Request], eng: Engine,
-                ctrl: BatchSizeController | None = None) -> None:
+    def _finish(self, batch: list[_Request], eng: Engine, ctrl: BatchSizeController | None,
+                outputs: list[dict[str, np.ndarray]] | None, seconds: float, exc: Exception | None) -> None:
+        """On the loop: a batch came back from a worker; answer its callers, free the worker."""
         self._running -= 1
         self._last_progress = time.monotonic()
-        assert self._slots is not None
-        self._slots.release()
-        exc = f.exception()
+        assert self._wakeup is not None
+        if self._queue:
+            self._wakeup.set()  # a worker is free for what waits
         if exc is None:
-            outputs, seconds = f.result()
+            assert outputs is not None
             rows = sum(r.rows for r in batch)
             self._batch_hist.observe(rows)
             if ctrl is not None and eng is self._engine:
@@ -351,6 +403,11 @@ class Batcher:
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(exc)
+
+
+def _expire(fut: asyncio.Future, seconds: float) -> None:
+    if not fut.done():
+        fut.set_exception(Unavailable(f"inference did not finish within {seconds:.0f}s"))
 
 
 def _run_batch(engine: Engine, requests: list[dict[str, np.ndarray]]) -> tuple[list[dict[str, np.ndarray]], float]:

@@ -7,6 +7,7 @@ the JSON header (``Inference-Header-Content-Length``), so large tensors are neve
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,8 @@ import orjson
 from .contracts import InferResult, ModelHandle
 from .errors import BadRequest, InvalidInput
 from .model_dir import NUMPY_TO_OIP, OIP_TO_NUMPY
-from .transport import JSON, Response, json_response
+from .transport import BINARY_HEADER, JSON, Response, json_response
 
-BINARY_HEADER = "inference-header-content-length"
 MODEL_ROLE_HEADER = "X-Model-Role"  # main | fallback: which model produced the answer
 MODEL_VERSION_HEADER = "X-Model-Version"
 
@@ -84,11 +84,12 @@ def _bytes_input(name: str, t: dict[str, Any], shape: tuple[int, ...], count: in
     return arr.reshape(shape), offset
 
 
-def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHandle) -> InferRequest:
+def decode_infer_request(body: bytes | bytearray, headers: dict[str, str], handle: ModelHandle) -> InferRequest:
     """Parse an OIP v2 infer body (JSON, or JSON header + binary tensors) into numpy arrays.
 
     This is wire-format decoding only (framing, datatypes, sizes); the arrays are checked against
-    the model once, afterwards, by :func:`~.contracts.validate_inputs`.
+    the model once, afterwards, by :func:`~.contracts.validate_inputs`.  Binary tensors are numpy
+    views of ``body`` (the transport aligns them; an unaligned one is copied once).
     """
     view = memoryview(body)
     hdr = headers.get(BINARY_HEADER)
@@ -121,7 +122,7 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
             raise InvalidInput(f"input '{name}': unsupported datatype {datatype!r}; use one of {sorted(OIP_TO_NUMPY)}")
         dtype = OIP_TO_NUMPY[datatype]
         shape = _shape(name, t.get("shape"))
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         if datatype == "BYTES":
             inputs[name], offset = _bytes_input(name, t, shape, count, binary, offset)
             continue
@@ -139,8 +140,8 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
             chunk = binary[offset:offset + nbytes]
             offset += nbytes
             arr = np.frombuffer(chunk, dtype=dtype)
-            if (offset - nbytes) % dtype.itemsize:
-                arr = arr.copy()  # unaligned view: copy once so kernels get aligned memory
+            if not arr.flags.aligned:
+                arr = arr.copy()  # e.g. a chunked body: copy once so kernels get aligned memory
             inputs[name] = arr.reshape(shape)
         else:
             if "data" not in t:
@@ -154,11 +155,11 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
             inputs[name] = arr.reshape(shape)
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    out_names = {s.name for s in handle.outputs}
     binary_outputs: dict[str, bool] = {}
     for o in req.get("outputs") or []:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise BadRequest("each requested output must be an object with a string 'name'")
+        out_names = {s.name for s in handle.outputs}
         if o["name"] not in out_names:
             raise InvalidInput(f"unknown output '{o['name']}'; model '{handle.name}' has outputs {sorted(out_names)}")
         p = o.get("parameters") or {}
@@ -169,7 +170,7 @@ def decode_infer_request(body: bytes, headers: dict[str, str], handle: ModelHand
     return InferRequest(str(rid) if rid is not None else None, inputs, binary_outputs, binary_default)
 
 
-def decode_predict_request(body: bytes, handle: ModelHandle) -> dict[str, np.ndarray]:
+def decode_predict_request(body: bytes | bytearray, handle: ModelHandle) -> dict[str, np.ndarray]:
     """Parse the simple form ``{"inputs": {name: nested list}}`` (or ``{"instances": [...]}`` for one input)."""
     try:
         doc = orjson.loads(body)

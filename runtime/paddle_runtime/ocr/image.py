@@ -23,7 +23,7 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _OTHER_FORMATS = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WebP/RIFF"}
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_size(data: bytes | bytearray) -> tuple[int, int]:
     i = 2
     n = len(data)
     while i + 4 <= n:
@@ -48,7 +48,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise BadRequest("JPEG image is truncated or corrupt: no frame header (SOF) with its size")
 
 
-def probe(data: bytes) -> tuple[str, int, int]:
+def probe(data: bytes | bytearray) -> tuple[str, int, int]:
     """(format, width, height) from the header alone; raises a 4xx error naming the problem."""
     if not data:
         raise BadRequest("empty body: send the PNG or JPEG bytes of an image")
@@ -66,7 +66,7 @@ def probe(data: bytes) -> tuple[str, int, int]:
     raise UnsupportedMediaType("body is not a PNG or JPEG image (unrecognised header)")
 
 
-def unwrap_base64(data: bytes) -> bytes:
+def unwrap_base64(data: bytes | bytearray) -> bytes | bytearray:
     """The image inside base64 text, else ``data`` itself.
 
     OIP v2 JSON carries a BYTES element as a string, so an image sent in JSON is base64 of its bytes;
@@ -81,7 +81,7 @@ def unwrap_base64(data: bytes) -> bytes:
     return raw if raw.startswith((PNG_MAGIC, JPEG_MAGIC)) else data
 
 
-def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+def decode(data: bytes | bytearray, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     """BGR ``uint8`` array of shape (H, W, 3) from PNG or JPEG bytes, after the size checks."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"image is {len(data)} bytes, over the {max_bytes}-byte limit (ocr_max_image_bytes)")

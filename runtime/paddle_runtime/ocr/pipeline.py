@@ -120,7 +120,7 @@ class OcrPipeline:
         return np.concatenate([r.outputs[out] for r in results]) if len(results) > 1 else results[0].outputs[out]
 
     # ---- CPU work (threads) -----------------------------------------------------------------------
-    def _decode_and_fit(self, data: bytes) -> tuple[np.ndarray, processing.Fitted, np.ndarray | None, float]:
+    def _decode_and_fit(self, data: bytes | bytearray) -> tuple[np.ndarray, processing.Fitted, np.ndarray | None, float]:
         t0 = time.perf_counter()
         img = image.decode(data, max_bytes=self.s.ocr_max_image_bytes, max_pixels=self.s.ocr_max_image_pixels)
         t1 = time.perf_counter()
@@ -159,7 +159,7 @@ class OcrPipeline:
                 for idx, rws, width in plan]
 
     # ---- one request ------------------------------------------------------------------------------
-    async def run(self, data: bytes) -> OcrResult:
+    async def run(self, data: bytes | bytearray) -> OcrResult:
         """OCR of one encoded image; raises typed errors (a bad image is a 4xx)."""
         if self._closed:
             raise Unavailable("the runtime is shutting down")
@@ -188,7 +188,7 @@ class OcrPipeline:
         self._pool.shutdown(wait=False)
         return not self._inflight and all(results)
 
-    async def _run(self, data: bytes) -> OcrResult:
+    async def _run(self, data: bytes | bytearray) -> OcrResult:
         t = {}
         answers: dict[str, list[InferResult]] = {st: [] for st in self.units}
         t0 = time.perf_counter()
