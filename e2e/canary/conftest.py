@@ -434,7 +434,15 @@ class Operator:
 
 
 @pytest.fixture
-def operator(cluster, namespace: str, crds_installed: None, tmp_path: Path) -> Iterator[Operator]:
+def operator_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """More operator settings for one test: ``@pytest.mark.parametrize("operator_env", [{...}], indirect=True)``."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def operator(
+    cluster, namespace: str, crds_installed: None, tmp_path: Path, operator_env: dict[str, str]
+) -> Iterator[Operator]:
     """``paddle-operator run`` for this test's namespace, with short rollout ticks and windows."""
     env = dict(
         cluster.env,
@@ -443,6 +451,7 @@ def operator(cluster, namespace: str, crds_installed: None, tmp_path: Path) -> I
         PADDLE_OPERATOR_ANALYSIS_MIN_WINDOW_S="10",
         PADDLE_OPERATOR_SLA_PERIOD_S="3",
         PADDLE_OPERATOR_PROMETHEUS_TIMEOUT_S="2",
+        **operator_env,
     )
     env.pop("PADDLE_OPERATOR_PROMETHEUS_URL", None)
     cmd = [str(VENV_BIN / "paddle-operator"), "run", "--namespace", namespace, "--liveness", ""]

@@ -397,3 +397,38 @@ def test_httproute_and_virtualservice_are_accepted(cluster, namespace, operator,
         "HTTPRoute pruned",
         dump=dump,
     )
+
+
+SLOW_TICK_S = 30
+
+
+@pytest.mark.parametrize("operator_env", [{"PADDLE_OPERATOR_ROLLOUT_TICK_S": str(SLOW_TICK_S)}], indirect=True)
+def test_tag_change_before_the_rollout_loop_first_looks_is_still_a_canary(cluster, namespace, operator, dump):
+    """The race of commit dfbc195: status.stableTag is recorded by the rollout loop; a tag change before
+    its first look used to be taken as the stable tag and rolled stable forward with no canary. A
+    30 s tick makes the gap certain instead of a matter of luck."""
+    apply(cluster, manifest(namespace, None))
+    wait_for(
+        lambda: (dep := deployment(cluster, namespace, NAME)) is not None and image_tag(dep) == "v1",
+        30,
+        "stable Deployment on v1",
+        dump=dump,
+    )
+    set_tag(cluster, namespace, "v2")
+    status = pms(cluster, namespace).get("status") or {}
+    assert "stableTag" not in status and "rollout" not in status, f"the loop looked already: {status}"
+    # The update handler's reconcile keeps stable on v1; the loop's first look starts the canary.
+    wait_for(
+        lambda: (dep := deployment(cluster, namespace, f"{NAME}-canary")) is not None and image_tag(dep) == "v2",
+        SLOW_TICK_S + 30,
+        "canary Deployment on v2",
+        dump=dump,
+    )
+    r = rollout(cluster, namespace)
+    assert (r["phase"], r["tag"]) == ("Progressing", "v2"), r
+    assert pms(cluster, namespace)["status"]["stableTag"] == "v1"
+    assert image_tag(deployment(cluster, namespace, NAME)) == "v1"
+    stable_rs = cluster.get("replicasets", "-n", namespace, "-l", "serving.paddlesla.io/track=stable")["items"]
+    assert {rs["spec"]["template"]["spec"]["containers"][0]["image"].rsplit(":", 1)[1] for rs in stable_rs} == {
+        "v1"
+    }, "stable was rolled to v2 at some point"

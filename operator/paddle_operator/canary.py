@@ -26,14 +26,12 @@ from . import rollout as ro
 from .builders.common import CANARY
 from .builders.routing import track_name
 from .kube import Kube
-from .memory import Memory
 from .plan import (
     REV_SEP,
     desired_revision,
     model_canary,
     policy_for,
     revision,
-    shape_from_status,
     shape_of,
     spec_model_json,
     tag_of,
@@ -111,12 +109,9 @@ def tick(
     svc = PaddleModelService.from_body(body)
     status = dict(body.get("status") or {})
     key = memory.key(svc)
-    mem = memory.get(key)
-    if mem is None:
-        shape, state = shape_from_status(svc)
-        # The create/resume reconcile applies the plan from the same status, so this shape is (or is
-        # about to be) in place: re-applying it here would double the start-up load at scale.
-        mem = Memory(shape, state, applied=shape)
+    # On first sight: the shape recorded in status, or what the stable Deployment serves (never a
+    # spec.tag that changed before the first record: that is a canary).
+    mem = rc.first_sight(kube, svc)
     policy = policy_for(svc)
     state = mem.state
     desired = desired_revision(svc)
@@ -290,7 +285,7 @@ def evaluate_sla(
     patch = {"sla": sla_status, "conditions": merge_conditions(old_status.get("conditions"), [condition], now_iso())}
     kube.apply_status(svc.namespace, svc.name, patch, SLA_MANAGER)
     if mem is None:
-        mem = memory.setdefault(key, Memory(*shape_from_status(svc)))
+        mem = rc.first_sight(kube, svc)
     mem.last_sla = now
     return patch
 
