@@ -118,8 +118,8 @@ def operator(
         PADDLE_OPERATOR_ANALYSIS_MIN_WINDOW_S="10",
         PADDLE_OPERATOR_SLA_PERIOD_S="3",
         PADDLE_OPERATOR_PROMETHEUS_TIMEOUT_S="2",
-        **operator_env,
     )
+    env.update(operator_env)
     env.pop("PADDLE_OPERATOR_PROMETHEUS_URL", None)
     cmd = [str(VENV_BIN / "paddle-operator"), "run", "--namespace", namespace, "--liveness", ""]
     op = Operator(cmd, env, tmp_path / "operator.log")

@@ -165,6 +165,16 @@ def test_tag_change_before_the_rollout_loop_first_looks_is_still_a_canary(cluste
     """The race of commit dfbc195: status.stableTag is recorded by the rollout loop; a tag change before
     its first look used to be taken as the stable tag and rolled stable forward with no canary. A
     30 s tick makes the gap certain instead of a matter of luck."""
+    # Right after a tick of the loop (it recorded another resource's stable tag), the next is 30 s away.
+    first = manifest(namespace)
+    first["metadata"]["name"] = "first"
+    apply(cluster, first)
+    wait_for(
+        lambda: (cluster.get("pms", "first", "-n", namespace).get("status") or {}).get("stableTag") == "v1",
+        SLOW_TICK_S + 30,
+        "a tick of the rollout loop",
+        dump=dump,
+    )
     apply(cluster, manifest(namespace))
     wait_for(
         lambda: (dep := deployment(cluster, namespace, NAME)) is not None and image_tag(dep) == "v1",
@@ -182,7 +192,8 @@ def test_tag_change_before_the_rollout_loop_first_looks_is_still_a_canary(cluste
         "canary Deployment on v2",
         dump=dump,
     )
-    r = rollout(cluster, namespace)
+    # The tick applies the canary, then writes status.rollout.
+    r = wait_for(lambda: rollout(cluster, namespace).get("phase") and rollout(cluster, namespace), 15, "rollout")
     assert (r["phase"], r["tag"]) == ("Progressing", "v2"), r
     assert pms(cluster, namespace)["status"]["stableTag"] == "v1"
     assert image_tag(deployment(cluster, namespace, NAME)) == "v1"

@@ -176,6 +176,7 @@ class Traefik:
             # The Gateway's status names the address clients use.
             f"--providers.kubernetesGateway.statusAddress.ip={ip}",
             "--log.level=INFO",
+            "--log.noColor=true",
         ]
 
     def _apply(self, objs: list[dict[str, Any]]) -> None:
