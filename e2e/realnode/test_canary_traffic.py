@@ -44,13 +44,18 @@ pytestmark = pytest.mark.realnode
 STABLE_TAG, CANARY_TAG = "0.1.0-cpu", "0.1.0-cpu-b"
 STABLE_VERSION, CANARY_VERSION = "v4", "v4b"
 STEPS = [10, 30, 60, 100]
-INTERVAL_S = 10  # the CRD's minimum
+# Steps of 20 s leave windows long enough for 500 answers on a busy 2-core machine; the rollback
+# runs at the CRD's minimum of 10 s (its bound is intervalSeconds x failureThreshold).
+STEP_INTERVAL_S = 20
+INTERVAL_S = 10
 FAILURE_THRESHOLD = 2
 MIN_ANSWERS = 500
 TOLERANCE_POINTS = 3.0
-# Between the weight showing in status (written after the route) and the router applying it:
-# Traefik applies provider changes at most every 2 s (providersThrottleDuration).
+# A step's window starts SETTLE_S after its weight shows in status and ends LEAD_S before the next
+# one shows. Traefik applies provider changes at most every 2 s (providersThrottleDuration); the
+# operator writes status after it applied the route, so the route may have moved up to LEAD_S sooner.
 SETTLE_S = 3.0
+LEAD_S = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +90,10 @@ def traffic_ns(cluster: Cluster, real_node: str, prometheus: Prometheus) -> Iter
             cluster.kubectl("delete", "namespace", n, "--wait=false", "--ignore-not-found", check=False)
 
 
-def canary_service(name: str, router: dict[str, Any], replicas: int, **analysis: Any) -> dict[str, Any]:
-    """The PP-OCRv4 rec service with a 10 s canary; the model version tells the tracks apart."""
+def canary_service(
+    name: str, router: dict[str, Any], replicas: int, interval_s: int = INTERVAL_S, **analysis: Any
+) -> dict[str, Any]:
+    """The PP-OCRv4 rec service with a canary of ``interval_s`` steps; the model version tells the tracks apart."""
     return pms(
         name,
         tag=STABLE_TAG,
@@ -95,7 +102,7 @@ def canary_service(name: str, router: dict[str, Any], replicas: int, **analysis:
         sla={"latencyP99Ms": 5000},
         rollout={
             "steps": STEPS,
-            "intervalSeconds": INTERVAL_S,
+            "intervalSeconds": interval_s,
             "router": router,
             # A breach is any error above 1 %, or a p99 above the SLA's 5 s; 3 requests make a verdict.
             "analysis": {"minRequests": 3, "failureThreshold": FAILURE_THRESHOLD, "maxErrorRate": 0.01, **analysis},
@@ -119,6 +126,27 @@ def wait_serving(traffic: Traffic, version: str, what: str, dump: Any, timeout: 
         return len(last) == 20 and all(a.error is None and a.version == version for a in last)
 
     wait_for(settled, timeout, what, dump=dump, interval=1)
+
+
+def diagnose(s: Served, name: str, prometheus: Prometheus, traffic: Traffic | None, gateway: Traefik | None) -> str:
+    """What a failed wait needs: status.rollout, what Prometheus has per track, what the requests saw."""
+    parts = [s.dump()]
+    try:
+        parts.append(f"---- status.rollout ----\n{rollout(s, name)}")
+        q = f'sum by (track, code) (paddle_runtime_requests_total{{namespace="{s.ns}",service="{name}"}})'
+        parts.append(f"---- {q} ----\n{[(r['metric'], r['value'][1]) for r in prometheus.query(q)]}")
+    except Exception as exc:  # the dump must not hide the failure
+        parts.append(f"(status/Prometheus dump failed: {exc})")
+    if traffic is not None:
+        seen: dict[tuple[str, str | None, bool], int] = {}
+        for a in traffic.snapshot():
+            key = (a.kind, a.version, a.error is not None)
+            seen[key] = seen.get(key, 0) + 1
+        errors = sorted({a.error for a in traffic.snapshot() if a.error})[:5]
+        parts.append(f"---- requests (kind, version, failed): count ----\n{seen}\nerrors: {errors}")
+    if gateway is not None:
+        parts.append(gateway.dump())
+    return "\n".join(parts)
 
 
 def events(s: Served, name: str) -> list[dict[str, Any]]:
@@ -153,18 +181,20 @@ def test_gateway_router_runs_confined_in_the_node_namespace(gateway: Traefik, cl
 
 
 def test_gateway_traffic_follows_each_canary_step_and_no_request_fails_through_the_promotion(
-    traffic_ns: Served, gateway: Traefik
+    traffic_ns: Served, gateway: Traefik, prometheus: Prometheus
 ) -> None:
     s = traffic_ns
     name = "gw"
-    s.apply(canary_service(name, gateway_router(), replicas=1))
+    s.apply(canary_service(name, gateway_router(), replicas=1, interval_s=STEP_INTERVAL_S))
     s.wait_ready(name)
-
-    def dump() -> str:
-        return s.dump() + "\n" + gateway.dump()
 
     traffic = Traffic(gateway.address).start()
     timeline = Timeline(s.cluster, s.ns, name).start()
+
+    def dump() -> str:
+        return diagnose(s, name, prometheus, traffic, gateway) + f"\ntimeline:\n{timeline.describe(t0)}"
+
+    t0 = time.monotonic()
     try:
         wait_serving(traffic, STABLE_VERSION, "the Gateway serving the stable track", dump)
         t0 = time.monotonic()
@@ -183,7 +213,7 @@ def test_gateway_traffic_follows_each_canary_step_and_no_request_fails_through_t
         traffic.stop()
         timeline.stop()
     answers = [a for a in traffic.snapshot() if a.t >= t0]
-    shares = step_shares(answers, timeline, STEPS, CANARY_VERSION, SETTLE_S)
+    shares = step_shares(answers, timeline, STEPS, CANARY_VERSION, SETTLE_S, LEAD_S)
     failed = failures(traffic, t0)
     figures = {
         "router": "GatewayAPI (Traefik 3.6.12)",
@@ -215,7 +245,7 @@ def test_gateway_traffic_follows_each_canary_step_and_no_request_fails_through_t
 
 
 def test_gateway_traffic_returns_to_stable_within_interval_times_failure_threshold_on_rollback(
-    traffic_ns: Served, gateway: Traefik, cluster: Cluster, tmp_path: Path
+    traffic_ns: Served, gateway: Traefik, cluster: Cluster, prometheus: Prometheus, tmp_path: Path
 ) -> None:
     s = traffic_ns
     name = "gw-rollback"
@@ -227,12 +257,14 @@ def test_gateway_traffic_returns_to_stable_within_interval_times_failure_thresho
     s.apply(canary_service(name, gateway_router(), replicas=1))
     s.wait_ready(name)
 
-    def dump() -> str:
-        return s.dump() + "\n" + gateway.dump()
-
     # 1 inference a second reaches the canary at 10 %: its first failed check needs 3 of them.
     traffic = Traffic(gateway.address, infer_rps=10).start()
     timeline = Timeline(s.cluster, s.ns, name).start()
+
+    def dump() -> str:
+        return diagnose(s, name, prometheus, traffic, gateway) + f"\ntimeline:\n{timeline.describe(t0)}"
+
+    t0 = time.monotonic()
     try:
         wait_serving(traffic, STABLE_VERSION, "the Gateway serving the stable track", dump)
         t0 = time.monotonic()
@@ -284,7 +316,7 @@ def test_service_router_traffic_share_is_the_replica_ratio_not_the_weight(traffi
     s = traffic_ns
     name = "svc"
     replicas = 2
-    s.apply(canary_service(name, {"type": "Service"}, replicas=replicas))
+    s.apply(canary_service(name, {"type": "Service"}, replicas=replicas, interval_s=STEP_INTERVAL_S))
     s.wait_ready(name, replicas=replicas)
     # kube-proxy picks a pod per connection: one connection per request measures its split per request.
     traffic = Traffic(s.address(name), fresh_connections=True).start()
@@ -300,7 +332,7 @@ def test_service_router_traffic_share_is_the_replica_ratio_not_the_weight(traffi
         timeline.stop()
     answers = [a for a in traffic.snapshot() if a.t >= t0]
     # kube-proxy's rules follow the EndpointSlices within a second or so here.
-    shares = step_shares(answers, timeline, STEPS, CANARY_VERSION, settle_s=2.0)
+    shares = step_shares(answers, timeline, STEPS, CANARY_VERSION, settle_s=2.0, lead_s=LEAD_S)
     failed = failures(traffic, t0)
     figures = {
         "router": f"Service (kube-proxy iptables, {replicas} replicas)",

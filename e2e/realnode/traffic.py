@@ -41,24 +41,15 @@ class Answer:
     error: str | None = None
 
 
-def infer_request(address: str) -> tuple[bytes, dict[str, str]]:
-    """The demo's text image as an OIP v2 binary-tensor request asking for a binary output."""
+def infer_request() -> tuple[bytes, dict[str, str]]:
+    """The demo's text image as an OIP v2 binary-tensor request. No output is named: every output comes
+    back as binary data (``binary_data_output``), whichever model answers (the canary may be another)."""
     import tritonclient.http as triton
 
-    conn = http.client.HTTPConnection(address, timeout=30)
-    try:
-        conn.request("GET", f"/v2/models/{MODEL}")
-        resp = conn.getresponse()
-        meta = json.loads(resp.read())
-        if resp.status != 200:
-            raise RuntimeError(f"model metadata through {address}: HTTP {resp.status} {meta}")
-    finally:
-        conn.close()
     x = text_image()
     inp = triton.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
-    out = triton.InferRequestedOutput(meta["outputs"][0]["name"], binary_data=True)
-    body, json_size = triton.InferenceServerClient.generate_request_body([inp], outputs=[out])
+    body, json_size = triton.InferenceServerClient.generate_request_body([inp])
     headers = {"Content-Type": "application/octet-stream"}
     if json_size is not None:
         headers["Inference-Header-Content-Length"] = str(json_size)
@@ -70,14 +61,16 @@ class Traffic:
     """Requests to ``address`` until :meth:`stop`.
 
     ``infer_rps``: paced inference requests per second (spread over two threads); ``version_rps``:
-    paced ``/version`` requests per second (one thread). ``fresh_connections``: a new TCP connection
+    paced ``/version`` requests per second, spread over ``version_threads`` (an answer takes tens of
+    milliseconds on a busy machine, so one thread alone cannot keep the pace). ``fresh_connections``: a new TCP connection
     per request (what a Service's per-connection balancing needs to be measured per request);
     otherwise each thread keeps its connection alive and reconnects after an error.
     """
 
     address: str
     infer_rps: float = 6.0
-    version_rps: float = 100.0
+    version_rps: float = 80.0
+    version_threads: int = 8
     fresh_connections: bool = False
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -127,12 +120,12 @@ class Traffic:
             conn.close()
 
     def start(self) -> Traffic:
-        body, headers = infer_request(self.address) if self.infer_rps > 0 else (b"", {})
+        body, headers = infer_request() if self.infer_rps > 0 else (b"", {})
         loops: list[tuple[str, float]] = []
         if self.infer_rps > 0:
             loops += [("infer", self.infer_rps / 2)] * 2
         if self.version_rps > 0:
-            loops.append(("version", self.version_rps))
+            loops += [("version", self.version_rps / self.version_threads)] * self.version_threads
         for i, (kind, rps) in enumerate(loops):
             t = threading.Thread(
                 target=self._loop, args=(kind, rps, body, headers), name=f"traffic-{kind}-{i}", daemon=True
@@ -258,10 +251,14 @@ class StepShare:
         return out
 
 
-def step_windows(timeline: Timeline, weights: Iterable[int], settle_s: float) -> dict[int, tuple[float, float]]:
-    """For each step weight: from ``settle_s`` after the weight first showed (the router needs that long
-    to apply it) to when the next phase or weight showed. The last step (100) runs through ``Promoting``
-    (the canary carries all traffic while stable rolls) up to ``Promoted``."""
+def step_windows(
+    timeline: Timeline, weights: Iterable[int], settle_s: float, lead_s: float = 0.0
+) -> dict[int, tuple[float, float]]:
+    """For each step weight: from ``settle_s`` after the weight first showed in status (the router needs
+    up to that long to apply it) to ``lead_s`` before the next phase or weight showed (the operator
+    applies the route before it writes status, so the router may switch that much earlier). The last
+    step (100) runs through ``Promoting`` (the canary carries all traffic while stable rolls) up to
+    ``Promoted``."""
     pts = timeline.points
     out = {}
     for w in weights:
@@ -275,16 +272,21 @@ def step_windows(timeline: Timeline, weights: Iterable[int], settle_s: float) ->
             if not same:
                 end = p.t
                 break
-        out[w] = (start, end if end is not None else time.monotonic())
+        out[w] = (start, (end if end is not None else time.monotonic()) - lead_s)
     return out
 
 
 def step_shares(
-    answers: list[Answer], timeline: Timeline, weights: Iterable[int], canary_version: str, settle_s: float
+    answers: list[Answer],
+    timeline: Timeline,
+    weights: Iterable[int],
+    canary_version: str,
+    settle_s: float,
+    lead_s: float = 0.0,
 ) -> list[StepShare]:
     """The canary's share of the successful answers sent inside each step's window."""
     shares = []
-    for w, (start, end) in step_windows(timeline, weights, settle_s).items():
+    for w, (start, end) in step_windows(timeline, weights, settle_s, lead_s).items():
         inside = [a for a in answers if start <= a.t < end and a.error is None]
         canary = sum(1 for a in inside if a.version == canary_version)
         shares.append(StepShare(w, len(inside), canary, start, end, pod_share(timeline.points, start, end)))
