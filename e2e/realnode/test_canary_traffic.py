@@ -271,8 +271,14 @@ def test_gateway_traffic_returns_to_stable_within_interval_times_failure_thresho
         s.patch(name, {"spec": {"tag": CANARY_TAG, "model": {"uri": f"{url}/broken/", "version": broken}}})
         wait_for(lambda: rollout(s, name).get("phase") == "RolledBack", 300, "rollback", dump=dump, interval=1)
         rolled_back = time.monotonic()
-        # Every answer from stable again: give the router its settle time, then 500 answers' worth.
-        time.sleep(SETTLE_S + 6)
+        # Every answer from stable again: past the router's settle time, 500 answers' worth.
+        wait_for(
+            lambda: sum(1 for a in traffic.snapshot() if a.t > rolled_back + SETTLE_S) >= MIN_ANSWERS,
+            180,
+            f"{MIN_ANSWERS} answers after the rollback",
+            dump=dump,
+            interval=1,
+        )
     finally:
         traffic.stop()
         timeline.stop()
@@ -304,7 +310,8 @@ def test_gateway_traffic_returns_to_stable_within_interval_times_failure_thresho
     assert len(after) >= MIN_ANSWERS and all(a.version == STABLE_VERSION and not a.error for a in after), context
     assert s.get("pms", name)["status"]["stableTag"] == STABLE_TAG and image_tag(s, name) == STABLE_TAG
     assert r["lastAnalysis"]["errorRate"] == 1.0 and "all traffic to stable" in r["message"], r
-    assert s.get("deployment", f"{name}-canary")["spec"]["replicas"] == 0, "canary scaled to zero"
+    # Scaled to zero once the route change has reached the router (canary.ROUTE_DRAIN_S).
+    wait_for(lambda: s.get("deployment", f"{name}-canary")["spec"]["replicas"] == 0, 60, "canary scaled to zero")
     rb = [e for e in events(s, name) if e["reason"] == "RolledBack"]
     assert rb and rb[0]["type"] == "Warning" and "error rate" in rb[0]["message"], rb
     # It stays rolled back: the same revision is not retried behind the user's back.

@@ -147,3 +147,33 @@ def test_recorded_stable_tag_needs_no_lookup() -> None:
     mem = reconcile.first_sight(kube, PaddleModelService.from_body(body("v2", status={"stableTag": "v1"})))
     assert kube.gets == [], "status already says what is stable"
     assert mem.shape.stable_tag == "v1"
+
+
+def test_gateway_canary_keeps_its_pods_at_weight_zero_until_the_route_change_has_reached_the_router() -> None:
+    """An abort (spec.tag back to stable) takes the canary's 10 % away: the route drops it at once, its
+    pods stay ROUTE_DRAIN_S longer, so the router never weights a backend whose pods are gone (503)."""
+    rollout = {"phase": "Progressing", "tag": "v2", "step": 1, "weight": 10, "failedChecks": 0, "message": ""}
+    status = {"stableTag": "v1", "rollout": rollout}
+    b = body("v1", status=status)
+    b["spec"]["rollout"] = {"router": {"type": "GatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "public"}]}}}
+    kube = FakeKube({("Deployment", "ocr"): deployment("v1")})
+    canary.tick(kube, b, SETTINGS, now=1000.0)
+    route = [o for o in kube.applied if o["kind"] == "HTTPRoute"][-1]
+    assert [(r["name"], r["weight"]) for r in route["spec"]["rules"][0]["backendRefs"]] == [
+        ("ocr-stable", 100), ("ocr-canary", 0)
+    ]
+    assert "ocr-canary" in kube.deployments(), "the canary's pods went with the traffic"
+    assert not memory.settled("prod", "ocr", UID), "the loop must come back to finish the drain"
+    kube.applied.clear()
+    canary.tick(kube, b, SETTINGS, now=1000.0 + canary.ROUTE_DRAIN_S)
+    route = [o for o in kube.applied if o["kind"] == "HTTPRoute"][-1]
+    assert [r["name"] for r in route["spec"]["rules"][0]["backendRefs"]] == ["ocr-stable"]
+    assert "ocr-canary" not in kube.deployments()
+    assert memory.settled("prod", "ocr", UID)
+
+
+def test_service_router_canary_goes_at_once() -> None:
+    rollout = {"phase": "Progressing", "tag": "v2", "step": 1, "weight": 10, "failedChecks": 0, "message": ""}
+    kube = FakeKube({("Deployment", "ocr"): deployment("v1")})
+    canary.tick(kube, body("v1", status={"stableTag": "v1", "rollout": rollout}), SETTINGS, now=1000.0)
+    assert "ocr-canary" not in kube.deployments()
