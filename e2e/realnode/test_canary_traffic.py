@@ -37,7 +37,7 @@ from e2e.cluster.gateway import Traefik, parent_ref
 from e2e.cluster.prometheus import Prometheus, start_prometheus
 from e2e.realnode.pods import Served, pms, record, serve_dir, watched_namespaces
 from e2e.realnode.traffic import Timeline, Traffic, erroring_model, step_shares
-from e2e.util import wait_for
+from e2e.util import dump_namespace, wait_for
 
 pytestmark = pytest.mark.realnode
 
@@ -429,9 +429,9 @@ def test_prometheus_down_holds_the_weight_and_a_restarted_operator_resumes_a_pau
                     and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
                     for p in cluster.get("pods", "-n", s.op_ns)["items"]
                 ),
-                180,
+                300,
                 "a new operator pod Ready",
-                dump=s.dump,
+                dump=lambda: dump_namespace(cluster, s.op_ns)(),
             )
             time.sleep(2 * INTERVAL_S)
             r = rollout(s, name)
