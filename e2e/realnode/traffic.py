@@ -60,7 +60,7 @@ def infer_request() -> tuple[bytes, dict[str, str]]:
 class Traffic:
     """Requests to ``address`` until :meth:`stop`.
 
-    ``infer_rps``: paced inference requests per second (spread over two threads); ``version_rps``:
+    ``infer_rps``: paced inference requests per second, spread over ``infer_threads``; ``version_rps``:
     paced ``/version`` requests per second, spread over ``version_threads`` (an answer takes tens of
     milliseconds on a busy machine, so one thread alone cannot keep the pace). ``fresh_connections``: a new TCP connection
     per request (what a Service's per-connection balancing needs to be measured per request);
@@ -69,6 +69,7 @@ class Traffic:
 
     address: str
     infer_rps: float = 6.0
+    infer_threads: int = 2
     version_rps: float = 80.0
     version_threads: int = 8
     fresh_connections: bool = False
@@ -123,7 +124,7 @@ class Traffic:
         body, headers = infer_request() if self.infer_rps > 0 else (b"", {})
         loops: list[tuple[str, float]] = []
         if self.infer_rps > 0:
-            loops += [("infer", self.infer_rps / 2)] * 2
+            loops += [("infer", self.infer_rps / self.infer_threads)] * self.infer_threads
         if self.version_rps > 0:
             loops += [("version", self.version_rps / self.version_threads)] * self.version_threads
         for i, (kind, rps) in enumerate(loops):
