@@ -7,6 +7,8 @@ Fixtures (contract in docs/contracts.md):
 - ``prometheus`` (session): an ``e2e.cluster.prometheus.Prometheus`` discovering the cluster's pods
   with the users' scrape config (``.url``, ``.query(expr)``, ``.targets()``, ``.rules()``,
   ``.set_rule_files(paths)``); reachable from pods when the cluster has a real node.
+- ``gateway`` (session): an ``e2e.cluster.gateway.Traefik`` routing the Gateway ``gateway-system/public``
+  (``.url``, ``.address``, ``.dump()``; ``gateway.parent_ref()`` for HTTPRoutes); real node only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from e2e import cluster as harness
+from e2e.cluster.gateway import Traefik, start_gateway
 from e2e.cluster.prometheus import Prometheus, start_prometheus
 from e2e.util import dump_namespace, wait_for
 
@@ -45,6 +48,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     _real_node = any(i.get_closest_marker("realnode") for i in session.items)
     groups = harness.WITH_NODE if _real_node else harness.CONTROL
+    # Traefik is the longest single build: only when a selected test routes through the gateway.
+    if _real_node and any("gateway" in getattr(i, "fixturenames", ()) for i in session.items):
+        groups = (*groups, *harness.GATEWAY)
     try:
         if not harness.binaries_ready(groups=groups):
             harness.build(groups=groups)
@@ -78,6 +84,18 @@ def prometheus(cluster: harness.Cluster, tmp_path_factory: pytest.TempPathFactor
         yield prom
     finally:
         prom.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    cluster: harness.Cluster, real_node: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Traefik]:
+    """Traefik and its Gateway for the session, started on first use, stopped at the end."""
+    router = start_gateway(cluster, tmp_path_factory.mktemp("traefik"))
+    try:
+        yield router
+    finally:
+        router.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ Modes (``open_cluster``): the local control plane (default), ``E2E_CLUSTER=kind`
 kind cluster, for machines with Docker), or ``E2E_KUBECONFIG=path`` (an existing cluster, left alone).
 
 Modules, one job each: ``binaries`` (the Go builds), ``pki`` (certificates), ``procs`` (process helpers),
-``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``.
+``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``,
+``prometheus`` and ``gateway`` (Traefik, the Gateway API router), ``gocrds`` (upstream CRDs).
 
 CLI: ``python -m e2e.cluster build|up|down|status|env``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 from .binaries import (
     BINARIES,
     CONTROL,
+    GATEWAY,
     GO_DIR,
     TARGETS,
     WITH_NODE,
@@ -39,6 +41,7 @@ from .procs import ClusterStartError
 __all__ = [
     "BINARIES",
     "CONTROL",
+    "GATEWAY",
     "WITH_NODE",
     "node_images",
     "FAKE_NODE_ANNOTATION",

@@ -29,7 +29,8 @@ class Target:
     module: str
     package: str
     # "control": the control plane and the tools every e2e run needs; "node": the real node's
-    # container runtime and kubelet, built only when a run needs a real node.
+    # container runtime and kubelet, built only when a run needs a real node; "gateway": the
+    # Gateway API router, built only when a selected test uses it (the longest single build).
     group: str = "control"
     # Go build tags, e.g. Prometheus's ``remove_all_sd,enable_kubernetes_sd``.
     tags: str = ""
@@ -83,9 +84,18 @@ TARGETS: tuple[Target, ...] = (
         "github.com/containerd/containerd/v2/cmd/ctr",
         "node",
     ),
+    # The Gateway API router: Traefik's kubernetesGateway provider (e2e/cluster/gateway.py).
+    Target(
+        "traefik",
+        "traefik",
+        "github.com/traefik/traefik/v3",
+        "github.com/traefik/traefik/v3/cmd/traefik",
+        "gateway",
+    ),
 )
 CONTROL: tuple[str, ...] = ("control",)
 WITH_NODE: tuple[str, ...] = ("control", "node")
+GATEWAY: tuple[str, ...] = ("gateway",)
 BINARIES: tuple[str, ...] = tuple(t.name for t in TARGETS if t.group == "control")
 NODE_BINARIES: tuple[str, ...] = tuple(t.name for t in TARGETS if t.group == "node")
 
@@ -204,6 +214,28 @@ def _version_ldflags(target: Target) -> list[str]:
         version = f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
         pkg = "github.com/prometheus/common/version"
         return [f"-X {pkg}.Version={version}", f"-X {pkg}.Branch=HEAD", f"-X {pkg}.Revision=v0.{minor}.{patch}"]
+    if target.module == "github.com/traefik/traefik/v3":
+        # What Traefik's release build (goreleaser) sets: the version without "v", the release
+        # codename from its release workflow, the module's date; `traefik version` shows them.
+        # `go mod download` rather than `go list -m`: only it fetches the zip (and names its Dir) cold.
+        info = json.loads(
+            subprocess.run(
+                ["go", "mod", "download", "-json", target.module],
+                cwd=GO_DIR / target.module_dir,
+                capture_output=True,
+                text=True,
+                check=True,
+                env=dict(os.environ, GOFLAGS="-mod=readonly"),
+            ).stdout
+        )
+        pkg = "github.com/traefik/traefik/v3/pkg/version"
+        released = json.loads(Path(info["Info"]).read_text()).get("Time", "") if info.get("Info") else ""
+        flags = [f"-X {pkg}.Version={info['Version'].lstrip('v')}", f"-X {pkg}.BuildDate={released}"]
+        workflow = Path(info.get("Dir", "")) / ".github" / "workflows" / "release.yaml"
+        m = re.search(r"^\s*CODENAME:\s*(\S+)", workflow.read_text(), re.MULTILINE) if workflow.is_file() else None
+        if m:
+            flags.append(f"-X {pkg}.Codename={m.group(1)}")
+        return flags
     return []  # etcd and kwok carry their versions in source
 
 

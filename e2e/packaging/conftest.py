@@ -2,7 +2,7 @@
 
 The add-on CRDs (Argo CD's Application, the Prometheus Operator's ServiceMonitor) come from their
 upstream Go modules through the Go module proxy, like the router CRDs of the canary tests
-(``e2e/canary/gocrds.py``), so the API server validates our manifests against the real schemas.
+(``e2e/cluster/gocrds.py``), so the API server validates our manifests against the real schemas.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.canary.gocrds import CRDSource, crd_files
 from e2e.cluster import Cluster
+from e2e.cluster.gocrds import CRDSource, crd_files
 from e2e.util import dump_objects, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

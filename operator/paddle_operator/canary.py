@@ -24,16 +24,17 @@ from . import memory, promql, truth
 from . import reconcile as rc
 from . import rollout as ro
 from .builders.common import CANARY
-from .builders.routing import track_name
+from .builders.routing import ROUTER_SERVICE, track_name
 from .kube import Kube
 from .memory import Memory
 from .plan import (
     REV_SEP,
+    RUNNING,
+    Shape,
     desired_revision,
     model_canary,
     policy_for,
     revision,
-    shape_from_status,
     shape_of,
     spec_model_json,
     tag_of,
@@ -94,6 +95,35 @@ def parse_duration(text: str) -> float:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
+# How long a canary that lost its traffic keeps its pods, with a Gateway API or Istio router: the
+# route change and the pods' removal reach the router separately (Traefik applies provider changes
+# at most every 2 s), and a router that still weights a backend whose pods are gone answers 503.
+ROUTE_DRAIN_S = 10.0
+
+
+def drained(mem: Memory, shape: Shape, router: str, now: float) -> Shape:
+    """``shape``, except that a canary which carried traffic keeps its pods (at weight 0) for
+    :data:`ROUTE_DRAIN_S` after a rollback, abort or promotion takes that traffic away.
+
+    With the Service router the pods *are* the route: kube-proxy drops a terminating pod at once and
+    the runtime drains its connections, so the pods go straight away. Held in memory only: after an
+    operator restart the canary goes at once.
+    """
+    if router == ROUTER_SERVICE or shape.canary == RUNNING:
+        mem.drain_until, mem.drain_from = 0.0, None
+        return shape
+    if mem.drain_until == 0.0:
+        prev = mem.applied
+        if prev is None or prev.canary != RUNNING or prev.routed_weight == 0:
+            return shape  # nothing was routed to it
+        mem.drain_until, mem.drain_from = now + ROUTE_DRAIN_S, prev
+    if now < mem.drain_until and mem.drain_from is not None:
+        held = mem.drain_from
+        return replace(shape, canary=RUNNING, canary_tag=held.canary_tag, routed_weight=0, sizing_weight=held.sizing_weight)
+    mem.drain_until, mem.drain_from = 0.0, None
+    return shape
+
+
 @dataclass
 class TickResult:
     """What the handler should write and post."""
@@ -111,12 +141,9 @@ def tick(
     svc = PaddleModelService.from_body(body)
     status = dict(body.get("status") or {})
     key = memory.key(svc)
-    mem = memory.get(key)
-    if mem is None:
-        shape, state = shape_from_status(svc)
-        # The create/resume reconcile applies the plan from the same status, so this shape is (or is
-        # about to be) in place: re-applying it here would double the start-up load at scale.
-        mem = Memory(shape, state, applied=shape)
+    # On first sight: the shape recorded in status, or what the stable Deployment serves (never a
+    # spec.tag that changed before the first record: that is a canary).
+    mem = rc.first_sight(kube, svc)
     policy = policy_for(svc)
     state = mem.state
     desired = desired_revision(svc)
@@ -167,7 +194,7 @@ def tick(
     if model_canary(svc):
         stable_model = spec_model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
         stable_model = stable_model or spec_model_json(svc)
-    shape = shape_of(decision, policy, stable_model)
+    shape = drained(mem, shape_of(decision, policy, stable_model), svc.spec.rollout.router.type, now)
     # Before the first step the canary is sized for step 1; a restart must not change that.
     mem.shape, mem.state = shape, decision.state
     memory.put(key, mem)
@@ -290,7 +317,7 @@ def evaluate_sla(
     patch = {"sla": sla_status, "conditions": merge_conditions(old_status.get("conditions"), [condition], now_iso())}
     kube.apply_status(svc.namespace, svc.name, patch, SLA_MANAGER)
     if mem is None:
-        mem = memory.setdefault(key, Memory(*shape_from_status(svc)))
+        mem = rc.first_sight(kube, svc)
     mem.last_sla = now
     return patch
 

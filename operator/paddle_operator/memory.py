@@ -26,6 +26,9 @@ class Memory:
     applied: Shape | None = None
     last_sla: float = 0.0
     events_sent: set[str] = field(default_factory=set)
+    # A canary that lost its traffic keeps its pods until then (canary.py, route drain); 0 = none.
+    drain_until: float = 0.0
+    drain_from: Shape | None = None
 
 
 _memory: dict[Key, Memory] = {}
@@ -66,7 +69,7 @@ def current(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
 def settled(namespace: str, name: str, uid: str) -> bool:
     """This process has looked at the resource and its rollout is not in progress (nothing to time)."""
     mem = get((namespace, name, uid))
-    return mem is not None and mem.state.phase not in ro.ACTIVE_PHASES
+    return mem is not None and mem.state.phase not in ro.ACTIVE_PHASES and mem.drain_until == 0.0
 
 
 def forget(namespace: str, name: str, uid: str) -> None:

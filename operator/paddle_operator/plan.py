@@ -147,8 +147,13 @@ def shape_of(decision: ro.Decision, policy: ro.RolloutPolicy, stable_model: str 
     )
 
 
-def shape_from_status(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
-    """The shape recorded in ``status`` (after an operator restart; no observation needed)."""
+def shape_from_status(svc: PaddleModelService, serving_tag: str | None = None) -> tuple[Shape, ro.RolloutState]:
+    """The shape recorded in ``status`` (after an operator restart; no observation needed).
+
+    Without ``status.stableTag`` (the rollout loop has not recorded it yet) the stable tag is
+    ``serving_tag``, what the stable Deployment runs (``reconcile.first_sight`` reads it), and only
+    when nothing serves yet ``spec.tag``: a tag change before the first record is a canary too.
+    """
     status = _status(svc)
     rollout_status = status.get("rollout") or {}
     stable_model = ""
@@ -156,7 +161,7 @@ def shape_from_status(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
         # Recorded by tick(); on first sight the model in the spec is the one serving.
         recorded = rollout_status.get("stableModel")
         stable_model = json.dumps(recorded, sort_keys=True) if recorded else spec_model_json(svc)
-    stable = revision(svc, status.get("stableTag") or svc.spec.tag, stable_model)
+    stable = revision(svc, status.get("stableTag") or serving_tag or svc.spec.tag, stable_model)
     state = ro.RolloutState.from_status(rollout_status)
     policy = policy_for(svc)
     if state.phase in (ro.PROGRESSING, ro.PAUSED):

@@ -15,7 +15,7 @@ from typing import Any
 from . import memory
 from .kinds import OWNED
 from .kube import Kube
-from .plan import build_children
+from .plan import build_children, shape_from_status
 from .spec import (
     LABEL_MANAGED_BY,
     LABEL_SERVICE,
@@ -77,6 +77,42 @@ def check_preconditions(kube: Kube, svc: PaddleModelService) -> list[Problem]:
                 Problem("PersistentVolumeClaimNotFound", f"{path}: PVC {svc.namespace}/{pvc[0]} not found")
             )
     return problems
+
+
+def serving_tag(deployment: dict[str, Any] | None, svc: PaddleModelService) -> str | None:
+    """The image tag the resource's own stable Deployment runs (None: no such Deployment)."""
+    if not deployment:
+        return None
+    owners = (deployment.get("metadata") or {}).get("ownerReferences") or []
+    if not any(o.get("uid") == svc.uid for o in owners):
+        return None
+    spec = deployment.get("spec") or {}
+    for c in ((spec.get("template") or {}).get("spec") or {}).get("containers") or []:
+        image = c.get("image") or ""
+        if ":" in image.rsplit("/", 1)[-1]:
+            return image.rsplit(":", 1)[1]
+    return None
+
+
+def first_sight(kube: Kube, svc: PaddleModelService) -> memory.Memory:
+    """This process's rollout memory of the resource, seeded on first sight from what serves.
+
+    ``status.stableTag`` is recorded by the rollout loop's first tick. Before it, the stable tag used
+    to be taken from ``spec.tag``, so a tag change in that gap rolled the stable Deployment forward
+    with no canary. Now, when neither memory nor status knows the stable tag, the stable Deployment is
+    asked (one GET, once per resource and process); ``spec.tag`` is the stable tag only when no
+    Deployment of ours exists yet, i.e. nothing serves another version.
+    """
+    key = memory.key(svc)
+    mem = memory.get(key)
+    if mem is not None:
+        return mem
+    running = None
+    if not (svc.status or {}).get("stableTag"):
+        running = serving_tag(kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name), svc)
+    shape, state = shape_from_status(svc, serving_tag=running)
+    # The plan from this shape is (or is about to be) in place: nothing for the rollout loop to apply.
+    return memory.setdefault(key, memory.Memory(shape, state, applied=shape))
 
 
 def plan(svc: PaddleModelService) -> list[dict[str, Any]]:
@@ -161,6 +197,7 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
     old_status = dict(body.get("status") or {})
     problems = check_preconditions(kube, svc)
     result = Result(svc=svc, status={}, problems=problems)
+    first_sight(kube, svc)
     deployment = hpa = None
     if not problems:
         desired = plan(svc)
@@ -230,6 +267,7 @@ def on_child_event(
     if not any(o.get("uid") == svc.uid for o in owners):
         return False, False
     old_status = dict(pms_body.get("status") or {})
+    first_sight(kube, svc)
     # The watch-fed body can lag our own last write (e.g. the write that cleared a ReconcileError):
     # judge carried problems by the newer of the two, or a stale error would be written back.
     last = _last_written.get((svc.namespace, svc.name, svc.uid))

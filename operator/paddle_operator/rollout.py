@@ -13,6 +13,11 @@ Rules (the reasons are the bugs other tools shipped, see issue 7):
 - Each ``interval`` the canary is analysed; a verdict needs ``minRequests`` requests in the window
   and the figures it checks. Missing data or an unreachable Prometheus holds the weight: never
   promote blind (KServe #5335 silently did a full rollout).
+- Fail fast, promote slow: between the scheduled checks the canary is also analysed on every tick,
+  and a breach measured there counts at once as a failed check (the next one is then a full interval
+  later, so at most one per interval); anything else measured early is ignored, a pass needs the full
+  interval. A canary that breaks its SLA is thereby rolled back within
+  ``intervalSeconds × failureThreshold`` of taking traffic, not one interval later.
 - A pass moves to the next step; ``failureThreshold`` failed checks in one rollout roll back.
   Failed checks accumulate over the rollout (a canary that fails every other check is not healthy).
 - After the last step (100 %) the stable Deployment takes the new tag by a rolling update that never
@@ -243,14 +248,21 @@ class Decision:
 
 
 def analysis_due(state: RolloutState, policy: RolloutPolicy, now: float) -> bool:
-    """Whether the handler should query Prometheus on this tick."""
-    return (
-        state.phase == PROGRESSING
-        and state.step > 0
-        and not policy.paused
-        and policy.strategy == CANARY
-        and now >= state.next_analysis_at
-    )
+    """Whether the handler should query Prometheus on this tick: whenever the canary serves a step
+    (a breach counts as soon as it is measured; :func:`step` judges a pass only when the interval is up)."""
+    return state.phase == PROGRESSING and state.step > 0 and not policy.paused and policy.strategy == CANARY
+
+
+def check_scheduled(state: RolloutState, now: float) -> bool:
+    """The interval since the step began (or the last check) is up: any verdict counts now."""
+    return now >= state.next_analysis_at
+
+
+def _failed_this_interval(state: RolloutState, policy: RolloutPolicy) -> bool:
+    """A failed check was already counted in the interval now running (its record is in status)."""
+    rec = state.last_analysis or {}
+    # The record's time has whole seconds (it is also read back from status): 1 s of slack.
+    return rec.get("verdict") == FAIL and _parse_iso(rec.get("time")) > state.next_analysis_at - policy.interval_s - 1
 
 
 def _analysis_record(verdict: Verdict, now: float) -> dict[str, Any]:
@@ -342,10 +354,13 @@ def step(state: RolloutState, policy: RolloutPolicy, obs: Observation) -> Decisi
         events.append(Event("Normal", "CanaryWeight", msg))
         return Decision(new, stable, stable, "running", first, tuple(events))
 
-    if obs.analysis is None or now < state.next_analysis_at:
+    if obs.analysis is None:
+        return Decision(state, stable, stable, "running", state.weight, tuple(events))
+    verdict = judge(obs.analysis, policy)
+    if not check_scheduled(state, now) and (verdict.result != FAIL or _failed_this_interval(state, policy)):
+        # Early: only a measured breach counts before the interval is up, and one per interval.
         return Decision(state, stable, stable, "running", state.weight, tuple(events))
 
-    verdict = judge(obs.analysis, policy)
     record = _analysis_record(verdict, now)
     state = replace(state, last_analysis=record, next_analysis_at=now + policy.interval_s)
 

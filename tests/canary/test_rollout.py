@@ -100,13 +100,59 @@ def test_traffic_is_taken_back_from_a_canary_that_turns_unready():
     assert d.routed_weight == 0 and d.state.step == 1 and "not ready" in d.state.message
 
 
-def test_no_verdict_before_the_interval():
+def test_a_pass_needs_the_full_interval():
     drv = Driver()
     drv.tick()
-    d = drv.tick(analysis=GOOD, advance=5)
-    assert d.state.step == 1 and d.state.last_analysis is None
-    assert not r.analysis_due(drv.state, POLICY, drv.now)
-    assert r.analysis_due(drv.state, POLICY, drv.now + 5)
+    # Asked every tick (a breach would count), but a pass before the interval changes nothing.
+    assert r.analysis_due(drv.state, POLICY, drv.now + 1)
+    for _ in range(9):
+        d = drv.tick(analysis=GOOD, advance=1)
+        assert d.state.step == 1 and d.state.last_analysis is None and d.state.failed_checks == 0
+    d = drv.tick(analysis=GOOD, advance=1)
+    assert d.state.step == 2 and d.state.last_analysis["verdict"] == r.PASS
+
+
+def test_early_holds_are_not_reported_before_the_interval():
+    drv = Driver()
+    drv.tick()
+    for analysis in (r.Figures(requests=1, p99_ms=1, error_rate=0.0), r.Unreachable("refused")):
+        d = drv.tick(analysis=analysis, advance=1)
+        assert d.state.last_analysis is None and d.state.failed_checks == 0 and not d.events
+
+
+def test_a_breach_counts_as_soon_as_it_is_measured_then_once_per_interval():
+    """Fail fast: rolled back within interval x failureThreshold of the step, not one interval later."""
+    drv = Driver()
+    drv.tick()
+    step_started = drv.now
+    d = drv.tick(analysis=SLOW, advance=3)  # enough requests after 3 s: counted at once
+    assert d.state.failed_checks == 1 and d.state.last_analysis["verdict"] == r.FAIL
+    assert d.state.next_analysis_at == drv.now + POLICY.interval_s
+    for _ in range(9):  # still breaching, but at most one failed check per interval
+        d = drv.tick(analysis=SLOW, advance=1)
+        assert d.state.failed_checks == 1 and d.state.phase == "Progressing"
+    d = drv.tick(analysis=SLOW, advance=1)
+    assert d.state.phase == "RolledBack" and d.routed_weight == 0
+    assert drv.now - step_started <= POLICY.interval_s * POLICY.failure_threshold
+
+
+def test_one_failed_check_per_interval_also_from_memory():
+    """The operator keeps the state in memory between ticks (float times, no status round trip)."""
+    state = r.step(r.RolloutState(), POLICY, r.Observation("v2", "v1", canary_ready=True, now=1000.4)).state
+    for t in (1003.7, 1004.7, 1005.9, 1012.9):
+        state = r.step(state, POLICY, r.Observation("v2", "v1", canary_ready=True, now=t, analysis=SLOW)).state
+    assert state.failed_checks == 1 and state.phase == "Progressing"
+    state = r.step(state, POLICY, r.Observation("v2", "v1", canary_ready=True, now=1013.8, analysis=SLOW)).state
+    assert state.phase == "RolledBack"
+
+
+def test_not_asked_when_paused_or_before_the_canary_serves():
+    drv = Driver()
+    drv.tick(ready=False)
+    assert not r.analysis_due(drv.state, POLICY, drv.now + 100)  # step 0: no traffic yet
+    drv.tick()
+    paused = r.RolloutPolicy(**{**POLICY.__dict__, "paused": True})
+    assert not r.analysis_due(drv.state, paused, drv.now + 100)
 
 
 def test_too_few_requests_holds_and_never_promotes_blind():

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.canary.conftest import Prometheus, Runtime, free_port, load
 from tests.conftest import RuntimeProcess, exported_model, start_runtime
+from tests.static_prometheus import Prometheus, Runtime, free_port, load
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ reachable where release downloads are not. ``go mod download -json`` fetches a p
 the module cache; we copy the files we need into ``$PADDLE_SLA_CACHE/crds/`` and reuse them. Nothing
 is committed: the pins below are the one source.
 
-    python -m e2e.canary.gocrds      # fetch (or reuse) and print the paths
+    python -m e2e.cluster.gocrds      # fetch (or reuse) and print the paths
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from e2e.cluster import cache_dir
+from .binaries import cache_dir
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,18 @@ class CRDSource:
     keep: tuple[str, ...] | None = None
 
 
+# The whole standard channel: Traefik's Gateway provider watches GRPCRoutes and BackendTLSPolicies
+# too, and waits for every informer to sync, so a missing CRD would keep it from ever routing.
+# v1.4.0 is what Traefik v3.6 implements (e2e/go/traefik/go.mod requires the same module version).
 GATEWAY_API = CRDSource(
     "gateway-api",
     "sigs.k8s.io/gateway-api",
-    "v1.3.0",
-    (
-        "config/crd/standard/gateway.networking.k8s.io_gatewayclasses.yaml",
-        "config/crd/standard/gateway.networking.k8s.io_gateways.yaml",
-        "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml",
-        "config/crd/standard/gateway.networking.k8s.io_referencegrants.yaml",
+    "v1.4.0",
+    tuple(
+        f"config/crd/standard/gateway.networking.k8s.io_{kind}.yaml"
+        for kind in (
+            "gatewayclasses", "gateways", "httproutes", "grpcroutes", "referencegrants", "backendtlspolicies"
+        )
     ),
 )
 ISTIO = CRDSource(
