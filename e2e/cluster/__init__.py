@@ -10,7 +10,8 @@ Modes (``open_cluster``): the local control plane (default), ``E2E_CLUSTER=kind`
 kind cluster, for machines with Docker), or ``E2E_KUBECONFIG=path`` (an existing cluster, left alone).
 
 Modules, one job each: ``binaries`` (the Go builds), ``pki`` (certificates), ``procs`` (process helpers),
-``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``.
+``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``;
+``prometheus`` and ``argocd`` (Argo CD out of cluster) are started by tests that need them.
 
 CLI: ``python -m e2e.cluster build|up|down|status|env``.
 """
@@ -18,6 +19,7 @@ CLI: ``python -m e2e.cluster build|up|down|status|env``.
 from __future__ import annotations
 
 from .binaries import (
+    ARGOCD,
     BINARIES,
     CONTROL,
     GO_DIR,
@@ -37,6 +39,7 @@ from .handle import Cluster, CommandError, node_images, open_cluster
 from .procs import ClusterStartError
 
 __all__ = [
+    "ARGOCD",
     "BINARIES",
     "CONTROL",
     "WITH_NODE",
