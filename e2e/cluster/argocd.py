@@ -318,6 +318,10 @@ class ArgoCD:
                  # Each resource's health in the Application's status (v3 keeps it only in redis by
                  # default), so tests and `kubectl get application -o yaml` show our check's verdict.
                  "--persist-resource-health",
+                 # Refresh every Application each minute (default 2-3 min): Argo CD v3.2 can keep the
+                 # health of a CRD it just created stale ("Status conditions not found") until the
+                 # next periodic refresh, which holds the next wave back that long.
+                 "--app-resync", "60", "--app-resync-jitter", "10",
                  "--loglevel", "info", "--logformat", "text"],
                 {**base, "ARGOCD_BINARY_NAME": CONTROLLER, "KUBECONFIG": str(kubeconfig)},
             )  # fmt: skip
