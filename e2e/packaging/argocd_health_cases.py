@@ -171,8 +171,12 @@ def static_cases() -> list[Case]:
              "Progressing", message="Sync in progress: one or more tasks are running", script_key=APP_KEY),
         Case("application-whose-sync-failed-is-degraded", application(HEALTHY, sync="OutOfSync", op=FAILED_SYNC),
              "Degraded", message="Sync failed: " + FAILED_SYNC["message"], script_key=APP_KEY),
-        # The failed revision was reverted in Git: in sync again, the old failure no longer counts.
+        # The failed revision was reverted in Git: in sync again, the old failure no longer counts,
+        # nor do the automated retries of the failed revision still running.
         Case("application-synced-after-a-failed-sync-is-healthy", application(HEALTHY, op=FAILED_SYNC), "Healthy",
+             script_key=APP_KEY),
+        Case("application-synced-while-an-old-sync-retries-is-healthy",
+             application(HEALTHY, op={"phase": "Running", "message": "Retrying operation. Attempt #3"}), "Healthy",
              script_key=APP_KEY),
     ]  # fmt: skip
 

@@ -285,6 +285,8 @@ def _first_sync_facts(g: GitOps) -> dict[str, Any]:
                 for r in ((a["status"].get("operationState") or {}).get("syncResult") or {}).get("resources") or []
             ],
         }
+    op = apps["paddle-sla"]["status"].get("operationState") or {}
+    facts["root_operation"] = {k: op.get(k) for k in ("phase", "message", "retryCount", "startedAt", "finishedAt")}
     crd = c.get("crd", CRD, "--show-managed-fields")
     facts["crd"] = {
         "created": crd["metadata"]["creationTimestamp"],
@@ -400,7 +402,8 @@ def test_argocd_syncs_the_waves_crds_then_operator_then_models(gitops: GitOps) -
     assert t["paddle-models"]["created"] <= pms_created, f
     assert f["pod"]["node"] == gitops.cluster.real_node, f["pod"]
     record("argocd sync waves", {
-        "apps": apps, "crd": f["crd"], "operator_deployment": f["operator_deployment"], "pms": f["pms"],
+        "apps": apps, "root_operation": f["root_operation"], "crd": f["crd"],
+        "operator_deployment": f["operator_deployment"], "pms": f["pms"],
         "argocd_events": f["events"][:40], "applied_to_all_healthy_s": f["synced_and_healthy_s"],
         "adapted_in_git": gitops.adapted,
     })  # fmt: skip
@@ -548,7 +551,8 @@ def test_argocd_rejected_spec_shows_the_sync_error_and_the_running_version_keeps
     record("argocd rejected spec", {
         "sync_error": message, "final": f"{final['phase']}: {final['message']}",
         "app_conditions": conditions, "seconds_to_error": seconds_to_error,
-        "models_app": g.recorder.stamped("paddle-models", t0), "load_while_rejected": figures,
+        "models_app": g.recorder.stamped("paddle-models", t0), "root_app": g.recorder.stamped("paddle-sla", t0),
+        "load_while_rejected": figures,
     })  # fmt: skip
 
 
