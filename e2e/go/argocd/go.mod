@@ -1,8 +1,8 @@
 // Wrapper module pinning Argo CD v3.2.11 for the GitOps e2e: one binary whose personality comes
 // from ARGOCD_BINARY_NAME (application controller, repo server, CLI). Replace directives of a
 // dependency are ignored, so Argo CD's own replace block is copied below; gitops-engine is pinned
-// to the pseudo-version v3.2.11 requires. (v3.2.12's module zip does not compile, v3.3+ vendors
-// gitops-engine as a nested directory absent from the module zip.)
+// to the pseudo-version v3.2.11 requires. (v3.3+ replace gitops-engine with ./gitops-engine, a
+// nested module that is not in their module zip; v3.2.12's zip was reported not to compile.)
 module paddle-sla.local/e2e/go/argocd
 
 go 1.25.5
