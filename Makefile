@@ -18,9 +18,9 @@ setup: $(PY)  ## Python environment with the project installed (editable)
 
 # Prometheus; buildah, podman, mmdebstrap and gcc for the images (e2e/images.py); the real node's
 # runc, CNI plugins, iptables/nftables and conntrack (e2e/cluster/node.py); the CJK font the OCR
-# tests render with (tests/ocr).
+# tests render with (tests/ocr); redis and git for Argo CD's controller and repo server (e2e/cluster/argocd.py).
 SYSTEM_PACKAGES := prometheus fonts-wqy-microhei buildah podman mmdebstrap gcc libc6-dev runc containernetworking-plugins \
-	iptables nftables conntrack
+	iptables nftables conntrack redis-server git
 system-deps:  ## Debian packages the tests run for real
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing Debian packages: $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi

@@ -42,7 +42,7 @@ _real_node = False
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing binaries (and, for real pods, images) before any test starts: a cold build
     outlasts any per-test timeout. The session cluster gets a real node only when a selected test
-    is marked ``realnode``."""
+    is marked ``realnode``; Argo CD is built when a selected test is marked ``argocd``."""
     global _build_error, _real_node
     if session.config.option.collectonly or not any(i.get_closest_marker("e2e") for i in session.items):
         return
@@ -51,6 +51,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # Traefik is the longest single build: only when a selected test routes through the gateway.
     if _real_node and any("gateway" in getattr(i, "fixturenames", ()) for i in session.items):
         groups = (*groups, *harness.GATEWAY)
+    if any(i.get_closest_marker("argocd") for i in session.items):
+        groups += harness.ARGOCD  # built only when a selected test runs Argo CD
     try:
         if not harness.binaries_ready(groups=groups):
             harness.build(groups=groups)

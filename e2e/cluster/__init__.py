@@ -11,7 +11,8 @@ kind cluster, for machines with Docker), or ``E2E_KUBECONFIG=path`` (an existing
 
 Modules, one job each: ``binaries`` (the Go builds), ``pki`` (certificates), ``procs`` (process helpers),
 ``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``,
-``prometheus`` and ``gateway`` (Traefik, the Gateway API router), ``gocrds`` (upstream CRDs).
+``gocrds`` (upstream CRDs); ``prometheus``, ``gateway`` (Traefik, the Gateway API router) and ``argocd``
+(Argo CD out of cluster) are started by tests that need them.
 
 CLI: ``python -m e2e.cluster build|up|down|status|env``.
 """
@@ -19,6 +20,7 @@ CLI: ``python -m e2e.cluster build|up|down|status|env``.
 from __future__ import annotations
 
 from .binaries import (
+    ARGOCD,
     BINARIES,
     CONTROL,
     GATEWAY,
@@ -39,6 +41,7 @@ from .handle import Cluster, CommandError, node_images, open_cluster
 from .procs import ClusterStartError
 
 __all__ = [
+    "ARGOCD",
     "BINARIES",
     "CONTROL",
     "GATEWAY",

@@ -34,6 +34,9 @@ class Target:
     group: str = "control"
     # Go build tags, e.g. Prometheus's ``remove_all_sd,enable_kubernetes_sd``.
     tags: str = ""
+    # Files of the module copied beside the binary into ``<bin_dir>/<name>.files/`` (manifests the
+    # harness applies with it), so a run needs neither Go nor the module cache.
+    files: tuple[str, ...] = ()
 
 
 # Order matters only for progress: the control plane first, helpers last.
@@ -92,10 +95,22 @@ TARGETS: tuple[Target, ...] = (
         "github.com/traefik/traefik/v3/cmd/traefik",
         "gateway",
     ),
+    # Argo CD (GitOps e2e, ``argocd.py``): one binary, its personality from ARGOCD_BINARY_NAME.
+    # Group "argocd": built only when a selected test is marked ``argocd`` (about 3.5 min cold on a
+    # quiet 2-core machine). core-install.yaml holds its CRDs, RBAC and ConfigMaps.
+    Target(
+        "argocd",
+        "argocd",
+        "github.com/argoproj/argo-cd/v3",
+        "github.com/argoproj/argo-cd/v3/cmd",
+        "argocd",
+        files=("manifests/core-install.yaml",),
+    ),
 )
 CONTROL: tuple[str, ...] = ("control",)
 WITH_NODE: tuple[str, ...] = ("control", "node")
 GATEWAY: tuple[str, ...] = ("gateway",)
+ARGOCD: tuple[str, ...] = ("argocd",)
 BINARIES: tuple[str, ...] = tuple(t.name for t in TARGETS if t.group == "control")
 NODE_BINARIES: tuple[str, ...] = tuple(t.name for t in TARGETS if t.group == "node")
 
@@ -145,13 +160,16 @@ BUILD_RECIPE = "2"
 
 
 def _stamp_entry(target: Target, go: str) -> dict[str, str]:
-    return {
+    entry = {
         "package": target.package,
         "version": _required_version(target.module_dir, target.module),
         "go": go,
         "recipe": BUILD_RECIPE,
         "tags": target.tags,
     }
+    if target.files:
+        entry["files"] = " ".join(target.files)
+    return entry
 
 
 def _stamp_matches(entry: dict[str, str], target: Target) -> bool:
@@ -160,7 +178,28 @@ def _stamp_matches(entry: dict[str, str], target: Target) -> bool:
         and entry.get("package") == target.package
         and entry.get("recipe") == BUILD_RECIPE
         and entry.get("tags", "") == target.tags
+        and entry.get("files", "") == " ".join(target.files)
     )
+
+
+def files_dir(target: Target, directory: Path | None = None) -> Path:
+    """Where ``target.files`` are kept: ``<bin_dir>/<name>.files/`` (module paths preserved)."""
+    return (directory or bin_dir()) / f"{target.name}.files"
+
+
+def _files_present(target: Target, directory: Path) -> bool:
+    return all((files_dir(target, directory) / rel).is_file() for rel in target.files)
+
+
+def _copy_files(target: Target, directory: Path) -> None:
+    """Copy ``target.files`` from the module (in the module cache after the build) beside the binary."""
+    src = Path(_module_info(target.module_dir, target.module)["Dir"])
+    dest = files_dir(target, directory)
+    for rel in target.files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        tmp = (dest / rel).with_name((dest / rel).name + ".tmp")
+        shutil.copyfile(src / rel, tmp)
+        os.replace(tmp, dest / rel)
 
 
 def _module_info(module_dir: str, module: str) -> dict:
@@ -236,6 +275,21 @@ def _version_ldflags(target: Target) -> list[str]:
         if m:
             flags.append(f"-X {pkg}.Codename={m.group(1)}")
         return flags
+    if target.module == "github.com/argoproj/argo-cd/v3":
+        # What Argo CD's Makefile sets. The module zip carries no commit, so `argocd version` says
+        # v3.2.11+unknown rather than a release build's bare tag; kubectlVersion is the client-go
+        # its replace block pins (the Makefile's `go list -m k8s.io/client-go`).
+        info = _module_info(target.module_dir, target.module)
+        client_go = _module_info(target.module_dir, "k8s.io/client-go")
+        kubectl = (client_go.get("Replace") or client_go)["Version"]
+        pkg = "github.com/argoproj/argo-cd/v3/common"
+        return [
+            f"-X {pkg}.version={info['Version'].lstrip('v')}",
+            f"-X {pkg}.buildDate={info.get('Time', '1970-01-01T00:00:00Z')}",
+            f"-X {pkg}.gitTag={info['Version']}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.kubectlVersion={kubectl}",
+        ]
     return []  # etcd and kwok carry their versions in source
 
 
@@ -251,7 +305,8 @@ def binaries_ready(directory: Path | None = None, groups: tuple[str, ...] = CONT
     directory = directory or bin_dir()
     stamp = _read_stamp(directory)
     return all(
-        (directory / t.name).is_file() and _stamp_matches(stamp.get(t.name, {}), t) for t in targets(groups)
+        (directory / t.name).is_file() and _stamp_matches(stamp.get(t.name, {}), t) and _files_present(t, directory)
+        for t in targets(groups)
     )
 
 
@@ -344,12 +399,13 @@ def build(
             want = _stamp_entry(t, go)
             stamp = _read_stamp(directory)  # re-read: builds of other groups may have added entries
             have = stamp.get(t.name, {})
-            if not force and (directory / t.name).is_file() and _stamp_matches(have, t):
+            if not force and (directory / t.name).is_file() and _stamp_matches(have, t) and _files_present(t, directory):
                 log(f"[{i}/{len(wanted)}] {t.name} {want['version']}: cached")
                 continue
             log(f"[{i}/{len(wanted)}] {t.name} {want['version']}: building {t.package}")
             t1 = time.monotonic()
             _go_build(t, directory / t.name, log)
+            _copy_files(t, directory)
             stamp[t.name] = want
             # Written after each binary so an interrupted build keeps what it finished.
             (directory / "stamp.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")

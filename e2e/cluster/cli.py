@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __doc__ as PACKAGE_DOC
-from .binaries import CONTROL, WITH_NODE, _stderr_log, build, cache_dir
+from .binaries import ARGOCD, CONTROL, WITH_NODE, _stderr_log, build, cache_dir
 from .control import LocalCluster
 from .handle import _install_sigterm_handler, node_images
 from .node import RealNode
@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("build", help="build (or reuse) the pinned binaries")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
     b.add_argument("--no-real-node", action="store_true", help="only the control plane's binaries")
+    b.add_argument("--argocd", action="store_true", help="also Argo CD (the GitOps e2e tests build it on demand)")
     for cmd, text in (
         ("up", "start a persistent local cluster"),
         ("down", "stop it and remove its state"),
@@ -60,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "build":
-        d = build(force=args.force, groups=CONTROL if args.no_real_node else WITH_NODE)
+        groups = (CONTROL if args.no_real_node else WITH_NODE) + (ARGOCD if args.argocd else ())
+        d = build(force=args.force, groups=groups)
         print(d)
         return 0
 

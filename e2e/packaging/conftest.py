@@ -12,15 +12,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.cluster import Cluster
+from e2e.cluster import Cluster, pinned_versions
 from e2e.cluster.gocrds import CRDSource, crd_files
 from e2e.util import dump_objects, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "paddle-operator"
 CRD_NAME = "paddlemodelservices.serving.paddlesla.io"
+# The Argo CD the GitOps e2e runs (e2e/go/argocd is the one pin).
 ARGOCD = CRDSource(
-    "argo-cd", "github.com/argoproj/argo-cd/v3", "v3.3.0", ("manifests/crds/application-crd.yaml",)
+    "argo-cd",
+    "github.com/argoproj/argo-cd/v3",
+    pinned_versions()["argocd"],
+    ("manifests/crds/application-crd.yaml",),
 )
 PROMETHEUS_OPERATOR = CRDSource(
     "prometheus-operator",

@@ -143,6 +143,9 @@ class Load:
 
     address: str
     threads: int = 2
+    # A new connection per request, so kube-proxy spreads requests over every ready pod of the
+    # Service (a kept connection stays on the pod it first reached, e.g. never on a later canary).
+    fresh_connection: bool = False
     latencies_ms: list[float] = field(default_factory=list)
     failures: list[tuple[float, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -171,6 +174,9 @@ class Load:
                 client.infer(MODEL, [inp])
                 with self._lock:
                     self.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                if self.fresh_connection:
+                    client.close()
+                    client = None
             except Exception as exc:  # every kind of failure is a lost request
                 with self._lock:
                     self.failures.append((time.time(), f"{type(exc).__name__}: {str(exc)[:200]}"))

@@ -2,7 +2,7 @@
 -- Installed as resource.customizations.health.serving.paddlesla.io_PaddleModelService (argocd-cm.yaml
 -- holds an identical copy; a test keeps them equal and runs this file against sample statuses).
 -- Reads what the operator writes: status.observedGeneration, status.conditions (Ready, Available,
--- Progressing, Degraded, ReconcileError) and status.rollout (canary phase).
+-- Progressing, Degraded, ReconcileError), status.rollout (canary phase) and status.stableTag.
 local hs = {}
 
 local function condition(status, ctype)
@@ -85,6 +85,14 @@ end
 if rollout ~= nil and (rollout.phase == "Progressing" or rollout.phase == "Promoting") then
   hs.status = "Progressing"
   hs.message = rollout.message or ("Rolling out " .. tostring(rollout.tag))
+  return hs
+end
+
+-- A new tag the rollout has not picked up yet: the operator has seen the spec (conditions may say
+-- Ready, for the stable version) and starts the canary on its next rollout tick.
+if desiredTag ~= nil and status.stableTag ~= nil and status.stableTag ~= desiredTag then
+  hs.status = "Progressing"
+  hs.message = "Waiting to roll out " .. tostring(desiredTag) .. " (stable: " .. tostring(status.stableTag) .. ")"
   return hs
 end
 
