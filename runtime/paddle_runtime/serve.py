@@ -41,12 +41,13 @@ from .app import InferenceApp
 from .auth import Guard
 from .batcher import Batcher
 from .config_watch import ConfigWatcher
-from .contracts import Engine, ModelHandle
+from .contracts import Engine, ModelHandle, validate_inputs
 from .engine import PaddleEngine
 from .errors import ConfigError, ModelLoadError
 from .fallback import FALLBACK, TUNABLE, FallbackRouter
 from .faults import FaultInjector
 from .loading import EngineFactory, check_same_contract, load_verified
+from .model_dir import warmup_examples
 from .reload import ReloadManager
 from .settings import RuntimeSettings
 from .tls import server_ssl_context
@@ -120,6 +121,18 @@ def _load_fallback(settings: RuntimeSettings, main: Engine, factory: EngineFacto
     return eng
 
 
+async def warm_through(batcher: Batcher) -> None:
+    """One request per warm-up shape through the batcher, before ready: the engine warmed its
+    predictors in the load thread; this runs them once more in the batcher's own worker thread,
+    on the path a request takes (queue, adaptive batch size, row split)."""
+    eng = batcher.engine
+    try:
+        for x in warmup_examples(eng.inputs, 1):
+            await batcher.infer(validate_inputs(eng.inputs, x, eng.max_rows))
+    except Exception as e:
+        raise ModelLoadError(f"warm-up through the batcher failed for model {eng.name}: {e}") from e
+
+
 async def assemble(settings: RuntimeSettings, pinned: Iterable[str] = (),
                    admin_ssl: ssl.SSLContext | None = None) -> Runtime:
     """Load the model(s) and connect every part; returns the assembled :class:`Runtime`."""
@@ -129,6 +142,7 @@ async def assemble(settings: RuntimeSettings, pinned: Iterable[str] = (),
     metrics.set_model_info(engine.name, engine.version, engine.device, engine.role)
     main = Batcher(engine, settings)
     await main.start()
+    await warm_through(main)
     batchers = [main]
     handle: ModelHandle = main
     fb: Batcher | None = None
@@ -138,6 +152,7 @@ async def assemble(settings: RuntimeSettings, pinned: Iterable[str] = (),
         metrics.set_model_info(fb_engine.name, fb_engine.version, fb_engine.device, FALLBACK)
         fb = Batcher(fb_engine, settings)
         await fb.start()
+        await warm_through(fb)
         batchers.append(fb)
         router = FallbackRouter(main, fb, settings)
         await router.start()
