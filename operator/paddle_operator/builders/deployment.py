@@ -15,6 +15,7 @@ from ..spec import (
     CONFIG_FILE,
     DET_MODEL_DIR,
     FALLBACK_MODEL_DIR,
+    FETCH_FAILED,
     MAIN_MODEL_DIR,
     MODEL_ROOT,
     PVC_MOUNT_ROOT,
@@ -308,7 +309,9 @@ def build_deployment(
                 "args": [
                     # Re-fetch only when the URI in the mounted ConfigMap changes; fetch writes
                     # versions/<v> and switches the `current` link atomically, which the runtime watches.
-                    # The version comes from the same ConfigMap, so it moves with the URI.
+                    # The version comes from the same ConfigMap, so it moves with the URI. A refused
+                    # fetch leaves fetch-failed.json, which the runtime reports (status ModelCurrent);
+                    # it is retried every poll, and dropped once the spec points back at what serves.
                     f'last="$(cat {CONFIG_DIR}/{MODEL_URI_KEY})"; '
                     f"while sleep {SYNC_POLL_S}; do "
                     f'cur="$(cat {CONFIG_DIR}/{MODEL_URI_KEY})"; '
@@ -316,7 +319,7 @@ def build_deployment(
                     f'if [ "$cur" != "$last" ]; then '
                     f'paddle-runtime fetch --uri "$cur" --dest {MAIN_MODEL_DIR} ${{ver:+--version "$ver"}} '
                     f'{" ".join(verify_args)} '
-                    f'&& last="$cur"; fi; done'
+                    f'&& last="$cur"; else rm -f {MAIN_MODEL_DIR}/{FETCH_FAILED}; fi; done'
                 ],
                 "env": [{"name": "HOME", "value": "/tmp"}],
                 "volumeMounts": fetch_mounts + [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
