@@ -311,6 +311,7 @@ def apply_truth(
     body: dict[str, Any],
     tracks: dict[str, dict[str, truth.PodReport]] | None,
     no_data_reason: str = "NoPodsReporting",
+    failures: list[truth.PodFailure] | tuple[truth.PodFailure, ...] = (),
 ) -> tuple[bool, list[truth.Transition]]:
     """Apply one resource's truth fields when they changed: (written, transitions to post as events)."""
     svc = PaddleModelService.from_body(body)
@@ -318,7 +319,7 @@ def apply_truth(
     old = dict(body.get("status") or {})
     last = _truth_written.get(key)
     previous = last if last is not None else old
-    new = truth.truth_status(svc, tracks, old, no_data_reason=no_data_reason, previous=previous)
+    new = truth.truth_status(svc, tracks, old, no_data_reason=no_data_reason, previous=previous, failures=failures)
     fresh = truth.comparable(new)
     if fresh == truth.comparable(previous) and fresh == truth.comparable(old):
         return False, []

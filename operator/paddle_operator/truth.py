@@ -8,6 +8,11 @@ The operator reads them for *all* resources in one query per period (``promql.ru
 (``TRUTH_MANAGER`` in status.py): ``modelVersion``, ``fallback``, ``served`` and the conditions
 ``Degraded`` and ``ModelCurrent``. A field left out is removed by server-side apply, so nothing
 stale is kept once its cause is gone.
+
+Pods whose model fetch (an init container ``fetch-*``) failed never report to Prometheus: the
+operator reads them from a filtered pod watch instead (``handlers.pod_failures``, a kopf index that
+holds only failing pods); :func:`pod_failure` reads one pod, and ``truth_status`` turns the failures
+into ``Degraded``/``ModelCurrent`` with reason ``ModelFetchFailed`` and the fetch's own message.
 """
 
 from __future__ import annotations
@@ -34,6 +39,49 @@ class PodReport:
 
 # (namespace, service) -> track -> pod -> report
 Reports = dict[tuple[str, str], dict[str, dict[str, PodReport]]]
+
+# Init containers that fetch a model (builders/deployment.py): fetch-model is the main model.
+FETCH_PREFIX = "fetch-"
+MAIN_FETCH = "fetch-model"
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    """A pod whose model fetch failed: which init container, and why (its termination message)."""
+
+    pod: str
+    container: str
+    message: str
+
+    @property
+    def main_model(self) -> bool:
+        """The main model's fetch (not the fallback's or a pipeline stage's)."""
+        return self.container == MAIN_FETCH
+
+
+def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
+    """The failed model fetch of one pod (its first ``fetch-*`` init container that exited non-zero
+    and has not succeeded since), or None. Kubernetes keeps the last failure in ``lastState`` while
+    the kubelet retries, so a retry in progress still counts; a later exit 0 clears it."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    for c in status.get("initContainerStatuses") or []:
+        name = c.get("name") or ""
+        if not name.startswith(FETCH_PREFIX):
+            continue
+        state = c.get("state") or {}
+        now = state.get("terminated")
+        if now is not None and now.get("exitCode") == 0:
+            continue
+        term = now if now is not None and now.get("exitCode") else (c.get("lastState") or {}).get("terminated")
+        if not term or not term.get("exitCode"):
+            continue
+        text = " ".join(str(term.get("message") or "").split())
+        if not text:
+            text = f"exit code {term.get('exitCode')} ({term.get('reason') or 'Error'})"
+        return PodFailure(str(meta.get("name") or "?"), name, text[:512])
+    return None
 
 
 def index_samples(samples: list[dict[str, Any]]) -> Reports:
@@ -110,13 +158,15 @@ def truth_status(
     now: str | None = None,
     no_data_reason: str = "NoPodsReporting",
     previous: dict[str, Any] | None = None,
+    failures: list[PodFailure] | tuple[PodFailure, ...] = (),
 ) -> dict[str, Any]:
     """Every status field ``TRUTH_MANAGER`` owns, from one resource's pod reports.
 
     ``tracks`` is ``None`` when nothing could be read (no Prometheus for this resource): the served
     figures are left out and ``ModelCurrent`` is Unknown with ``no_data_reason``. ``status`` is the
     resource's status (the reconcile's Deployment signs are read from it); ``previous``, when newer,
-    is what this writer applied last (the watch-fed copy can lag it).
+    is what this writer applied last (the watch-fed copy can lag it). ``failures`` are its pods whose
+    model fetch failed (read from the pods, not Prometheus: such a pod never serves).
     """
     status = dict(status or {})
     now = now or now_iso()
@@ -156,6 +206,13 @@ def truth_status(
     if errors:
         error, n = errors.most_common(1)[0]
         reasons.append(("ReloadFailed", f"{n}/{total} pods refused the new model: {error}"))
+    failures = sorted(failures, key=lambda f: (not f.main_model, f.pod))
+    fetch_msg = ""
+    if failures:
+        first = failures[0]
+        fetch_msg = f"pod {first.pod}: {first.container}: {first.message}"
+        more = f" (and {len(failures) - 1} more pods)" if len(failures) > 1 else ""
+        reasons.append(("ModelFetchFailed", f"{fetch_msg}{more}"))
     dep = _deployment_degraded(status)
     if dep is not None:
         reasons.append(dep)
@@ -164,7 +221,13 @@ def truth_status(
     else:
         add("Degraded", "False", "AsExpected", "no degradation observed")
 
-    if tracks is None:
+    main_failed = [f for f in failures if f.main_model]
+    if main_failed:
+        # A pod that cannot fetch the spec's model does not serve it: known even without Prometheus.
+        served = _version_summary(versions, total) if versions else "no version reported"
+        add("ModelCurrent", "False", "ModelFetchFailed",
+            f"{len(main_failed)} pod(s) cannot fetch {want or 'the model'} (pods serve {served}): {fetch_msg}")
+    elif tracks is None:
         add("ModelCurrent", "Unknown", no_data_reason, "the pods' served version cannot be read")
     elif not total:
         add("ModelCurrent", "Unknown", "NoPodsReporting", "no pod of this resource reports its model yet")
