@@ -273,7 +273,9 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Transit
         if after.get("status") == bad:
             out.append(Transition("Warning", after.get("reason") or type_, after.get("message") or ""))
         elif before.get("status") == bad:
-            ok = "Recovered" if type_ == "Degraded" else "ModelCurrent"
+            # ModelCurrent can leave False for Unknown (no Prometheus): say that, not "current".
+            ok = "Recovered" if type_ == "Degraded" else (
+                "ModelCurrent" if after.get("status") == "True" else after.get("reason") or "ModelCurrentUnknown")
             out.append(Transition("Normal", ok, after.get("message") or ""))
     return out
 

@@ -164,3 +164,7 @@ def test_failed_fetch_is_degraded_and_not_current_with_the_reason_even_without_p
     gone = truth_status(svc, {"stable": {"old": PodReport("v5")}}, st, now="t1")
     assert _cond(gone, "Degraded")["status"] == "False" and _cond(gone, "ModelCurrent")["status"] == "True"
     assert [(e.type, e.reason) for e in transitions(st, gone)] == [("Normal", "Recovered"), ("Normal", "ModelCurrent")]
+    # Without Prometheus the failure's end is Unknown, and the event says so.
+    blind_gone = truth_status(svc, None, blind, no_data_reason="NoPrometheus")
+    assert [(e.type, e.reason) for e in transitions(blind, blind_gone)] == [
+        ("Normal", "Recovered"), ("Normal", "NoPrometheus")]
