@@ -71,8 +71,9 @@ def truth_ns(cluster: Cluster, real_node: str, prometheus: Prometheus) -> Iterat
     try:
         watched_namespaces(
             cluster, [ns], op_ns,
-            values=(f"settings.prometheus_url={prometheus.url}", f"settings.truth_period_s={TRUTH_PERIOD_S}",
-                    f"settings.rollout_tick_s={TICK_S}"),
+            # Whole numbers: helm --set reads "2.0" as a string, which the chart's schema refuses.
+            values=(f"settings.prometheus_url={prometheus.url}", f"settings.truth_period_s={TRUTH_PERIOD_S:.0f}",
+                    f"settings.rollout_tick_s={TICK_S:.0f}"),
         )  # fmt: skip
         yield Served(cluster, ns, op_ns)
     finally:
