@@ -107,9 +107,21 @@ def _dump(s: Served, prometheus: Prometheus):
 
 
 def test_degraded_fallback_active_from_injected_latency_then_armed_after_the_ramp(
-    truth_ns: Served, prometheus: Prometheus
+    truth_ns: Served, prometheus: Prometheus, cluster: Cluster, tmp_path: Path
 ) -> None:
     s, name = truth_ns, "deg"
+    assert cluster.local is not None and cluster.local.net is not None
+    # The fallback: the same rec model (the same contract) from another URI, as the CRD requires.
+    signed_copy(tmp_path / "fallback", None, "f1")
+    base = serve_dir(tmp_path, cluster.local.net.host_ip)
+    url = next(base)
+    try:
+        _degraded(s, name, prometheus, f"{url}/fallback/")
+    finally:
+        base.close()
+
+
+def _degraded(s: Served, name: str, prometheus: Prometheus, fallback_uri: str) -> None:
     inference = {
         "device": "cpu", "cpuThreads": 1, "maxBatchSize": 4,
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "4Gi"}},
@@ -119,15 +131,14 @@ def test_degraded_fallback_active_from_injected_latency_then_armed_after_the_ram
         {"name": "PADDLE_RUNTIME_FALLBACK_HOLD_S", "value": str(HOLD_S)},
         {"name": "PADDLE_RUNTIME_FALLBACK_RAMP_STEP_S", "value": str(RAMP_STEP_S)},
     ]
-    fallback = {"uri": "file:///opt/paddle-runtime/models/ch_PP-OCRv4_rec_infer", "latencyThresholdMs": THRESHOLD_MS,
-                "window": WINDOW, "recoverySteps": list(RAMP)}
+    fallback = {"uri": fallback_uri, "latencyThresholdMs": THRESHOLD_MS, "window": WINDOW, "recoverySteps": list(RAMP)}
     s.apply(pms(name, inference=inference, env=env, fallback=fallback))
     s.wait_ready(name)
     (pod,) = s.ready_pods(name)
     pod_name = pod["metadata"]["name"]
     dump = _dump(s, prometheus)
 
-    def status_where(pred, what: str, timeout: float) -> dict[str, Any]:
+    def status_where(pred, timeout: float, what: str) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             obj = s.get("pms", name)
             return obj if pred(obj) else None
@@ -229,7 +240,7 @@ def test_model_current_false_with_the_runtime_error_for_a_tampered_candidate_the
     }  # fmt: skip
     dump = _dump(s, prometheus)
 
-    def status_where(pred, what: str, timeout: float) -> dict[str, Any]:
+    def status_where(pred, timeout: float, what: str) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             obj = s.get("pms", name)
             return obj if pred(obj) else None
