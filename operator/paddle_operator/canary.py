@@ -301,9 +301,14 @@ def evaluate_sla(
 _truth_written: dict[memory.Key, dict[str, Any]] = {}
 
 
+# The pod reports last used per resource, to bridge a pod's missed scrape (truth.carry_over).
+_reports_seen: dict[memory.Key, dict[str, dict[str, truth.PodReport]]] = {}
+
+
 def forget_truth(key: memory.Key) -> None:
     """Drop the memory of a deleted resource."""
     _truth_written.pop(key, None)
+    _reports_seen.pop(key, None)
 
 
 def apply_truth(
@@ -316,6 +321,9 @@ def apply_truth(
     """Apply one resource's truth fields when they changed: (written, transitions to post as events)."""
     svc = PaddleModelService.from_body(body)
     key = memory.key(svc)
+    if tracks is not None:
+        tracks = truth.carry_over(tracks, _reports_seen.get(key))
+        _reports_seen[key] = tracks
     old = dict(body.get("status") or {})
     last = _truth_written.get(key)
     previous = last if last is not None else old

@@ -35,6 +35,7 @@ class PodReport:
     version: str | None = None
     fallback_active: bool = False
     reload_error: str | None = None
+    scraped: bool = True  # False: the pod is a scrape target whose last scrape failed (no data now)
 
 
 # (namespace, service) -> track -> pod -> report
@@ -106,10 +107,35 @@ def index_samples(samples: list[dict[str, Any]]) -> Reports:
             fields["fallback_active"] = value > 0
         elif name == promql.RELOAD_FAILING and value > 0:
             fields["reload_error"] = m.get("error") or "reload failed"
+        elif name == promql.UP:
+            fields["scraped"] = value > 0
     return {
         key: {track: {pod: PodReport(**f) for pod, f in pods.items()} for track, pods in tracks.items()}
         for key, tracks in raw.items()
     }
+
+
+def carry_over(
+    now: dict[str, dict[str, PodReport]], before: dict[str, dict[str, PodReport]] | None
+) -> dict[str, dict[str, PodReport]]:
+    """One resource's reports with a missed scrape bridged: a pod that is still a target but whose
+    last scrape failed keeps its previous report (a busy pod missing one scrape is not a pod that
+    stopped serving); one never reported before is left out, as is every pod that is gone.
+
+    Without this a single failed scrape flipped ``fallback`` to ``Armed`` and ``ModelCurrent`` to
+    ``Unknown``, with an event each way (seen on the real node at load average 20).
+    """
+    out: dict[str, dict[str, PodReport]] = {}
+    for track, pods in now.items():
+        kept = {}
+        for pod, report in pods.items():
+            if report.scraped:
+                kept[pod] = report
+            elif (prev := ((before or {}).get(track) or {}).get(pod)) is not None:
+                kept[pod] = prev
+        if kept:
+            out[track] = kept
+    return out
 
 
 def _track_status(pods: dict[str, PodReport]) -> dict[str, Any]:
@@ -229,19 +255,24 @@ def truth_status(
             f"{len(main_failed)} pod(s) cannot fetch {want or 'the model'} (pods serve {served}): {fetch_msg}")
     elif tracks is None:
         add("ModelCurrent", "Unknown", no_data_reason, "the pods' served version cannot be read")
-    elif not total:
+    elif not sum(versions.values()):
+        # Scraped but no model yet is a pod still loading: not known, and not a fault to warn about.
         add("ModelCurrent", "Unknown", "NoPodsReporting", "no pod of this resource reports its model yet")
     else:
-        served = _version_summary(versions, total) if versions else "no version"
-        current = versions.get(want, 0) == total if want else len(versions) == 1 and sum(versions.values()) == total
+        # Pods that report no model yet are loading (a new pod of a rollout): judged once they do.
+        reporting = sum(versions.values())
+        served = _version_summary(versions, reporting)
+        loading = f"; {total - reporting} pod(s) still loading" if total > reporting else ""
+        current = versions.get(want, 0) == reporting if want else len(versions) == 1
         if current:
-            add("ModelCurrent", "True", "AllPodsCurrent", f"{total}/{total} pods serve {served}")
+            add("ModelCurrent", "True", "AllPodsCurrent", f"{reporting}/{reporting} pods serve {served}{loading}")
         elif errors:
             error, _ = errors.most_common(1)[0]
             add("ModelCurrent", "False", "ReloadFailed",
                 f"pods serve {served}, spec asks {want or 'one version'}: {error}")
         else:
-            add("ModelCurrent", "False", "PodsNotCurrent", f"pods serve {served}, spec asks {want or 'one version'}")
+            add("ModelCurrent", "False", "PodsNotCurrent",
+                f"pods serve {served}, spec asks {want or 'one version'}{loading}")
     out["conditions"] = merge_conditions((previous or status).get("conditions"), conds, now)
     return out
 

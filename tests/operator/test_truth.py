@@ -168,3 +168,35 @@ def test_failed_fetch_is_degraded_and_not_current_with_the_reason_even_without_p
     blind_gone = truth_status(svc, None, blind, no_data_reason="NoPrometheus")
     assert [(e.type, e.reason) for e in transitions(blind, blind_gone)] == [
         ("Normal", "Recovered"), ("Normal", "NoPrometheus")]
+
+
+def test_a_missed_scrape_keeps_the_pods_last_report_and_a_gone_pod_is_dropped() -> None:
+    """A busy pod whose scrape timed out is still a target (``up`` 0, its series stale): its last
+    report stands in; a pod that is no longer a target at all is gone from the status."""
+    from paddle_operator.truth import carry_over
+
+    idx = index_samples([
+        _sample(promql.MODEL_INFO, "a", version="v5", role="main", model="m", device="cpu"),
+        _sample(promql.FALLBACK_ACTIVE, "a", 1),
+        _sample(promql.UP, "a", 1, job="paddle-runtime"),
+        _sample(promql.UP, "b", 0, job="paddle-runtime"),
+    ])
+    now = idx["prod", "full"]
+    assert now["stable"]["b"] == PodReport(scraped=False)
+    before = {"stable": {"a": PodReport("v4"), "b": PodReport("v5", True), "c": PodReport("v5")}}
+    merged = carry_over(now, before)
+    assert merged == {"stable": {"a": PodReport("v5", True), "b": PodReport("v5", True)}}  # c is gone
+    assert carry_over(now, None) == {"stable": {"a": PodReport("v5", True)}}  # b never reported: left out
+    svc = load_case("full")
+    st = truth_status(svc, merged, None)
+    assert st["fallback"] == "Active (2/2)" and _cond(st, "ModelCurrent")["status"] == "True"
+
+
+def test_a_pod_still_loading_is_not_a_version_mismatch() -> None:
+    svc = load_case("full")  # spec asks v5
+    st = truth_status(svc, {"stable": {"new": PodReport(None)}}, None)
+    assert (_cond(st, "ModelCurrent")["status"], _cond(st, "ModelCurrent")["reason"]) == ("Unknown", "NoPodsReporting")
+    assert transitions(None, st) == []  # no Warning for a normal start
+    st = truth_status(svc, {"stable": {"old": PodReport("v5"), "new": PodReport(None)}}, None)
+    mc = _cond(st, "ModelCurrent")
+    assert mc["status"] == "True" and "1 pod(s) still loading" in mc["message"]
