@@ -15,9 +15,9 @@ optional ``model.yaml``::
       - name: x
         datatype: FP32       # OIP datatype (or numpy name: float32)
         shape: [-1, 3, 48, -1]        # batch dimension first, -1 = any (default: the program's)
-        warmup_shapes:                # shapes the warm-up runs, each at every batch size the
-          - [1, 3, 48, 320]           # batcher uses (default: -1 -> 1 / 64); ``warmup_shape: [..]``
-          - [1, 3, 48, 640]           # is the one-shape form. The setting ``warmup_shapes`` wins.
+        warmup_shapes:                # shapes the warm-up runs at batch 1, the first also at every
+          - [1, 3, 48, 320]           # batch size the batcher uses (default: -1 -> 1 / 64);
+          - [1, 3, 48, 640]           # ``warmup_shape: [..]`` is the one-shape form; the setting wins.
     outputs:
       - {name: softmax_11.tmp_0, datatype: FP32, shape: [-1, -1, 6625]}
 

@@ -124,7 +124,8 @@ class RuntimeSettings(BaseSettings):
     """Warm-up inferences before the runtime reports ready."""
     warmup_shapes: dict[str, list[list[int]]] = Field(default_factory=dict)
     """Per input name, the shapes warm-up runs before ready (e.g. ``{"x": [[1, 3, 48, 320], [1, 3, 48, 640]]}``;
-    env: JSON), each at every batch size the batcher uses and once through the batcher itself: the
+    env: JSON), each at batch 1 and once through the batcher itself, the first one also at every batch
+    size the batcher uses: the
     first request of a shape Paddle has not run yet pays for building its kernels (PP-OCRv4 rec at
     width 320 after a warm-up at 64: about 2x the steady latency). Replaces model.yaml's
     ``warmup_shapes``; empty = model.yaml's, else unknown dimensions as 64."""
