@@ -8,6 +8,7 @@ Figures go to stdout (``-s``) and into ``benchmarks/results/realnode.json``.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -132,7 +133,45 @@ def test_preload_fills_a_ram_disk_serves_a_signed_model_and_a_tampered_one_fails
 
         # The kubelet records BackOff once it holds the failed init container back (after a retry).
         backoff = wait_for(backoff_events, 180, "a BackOff event for fetch-model", dump=s.dump, interval=2)
-        status = s.get("pms", "signed").get("status", {})
+
+        # The reason reaches the resource: the operator's pod index holds the failed fetch, the next
+        # truth pass (every 10 s, started by the 5 s tick) writes it with an event.
+        def fetch_failed_in_status() -> dict | None:
+            obj = s.get("pms", "signed")
+            conds = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+            mc, deg = conds.get("ModelCurrent", {}), conds.get("Degraded", {})
+            ok = (mc.get("status"), mc.get("reason"), deg.get("status"), deg.get("reason")) == (
+                "False", "ModelFetchFailed", "True", "ModelFetchFailed")
+            return obj if ok else None
+
+        status_obj = wait_for(
+            fetch_failed_in_status, 120, "ModelFetchFailed in the resource's status", dump=s.dump, interval=2
+        )
+        in_status_s = time.monotonic() - t1
+        status = status_obj["status"]
+        conds = {c["type"]: c for c in status["conditions"]}
+
+        def pms_events(type_: str, reason: str) -> list[dict]:
+            items = s.get("events", "--field-selector", "involvedObject.name=signed,involvedObject.kind=PaddleModelService")
+            return [e for e in items["items"] if (e["type"], e["reason"]) == (type_, reason)]
+
+        fetch_event = wait_for(
+            lambda: pms_events("Warning", "ModelFetchFailed"), 60, "a ModelFetchFailed event", dump=s.dump, interval=2
+        )[0]
+        # The cause goes (the spec points back at the signed model; the failing ReplicaSet is scaled
+        # away): so does the reason, with a Recovered event.
+        s.patch("signed", {"spec": {"model": {"uri": f"{url}/signed/", "version": "s1"}}})
+        t2 = time.monotonic()
+
+        def cleared() -> dict | None:
+            obj = s.get("pms", "signed")
+            conds = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+            gone = all(c.get("reason") != "ModelFetchFailed" for c in conds.values())
+            return obj if gone and conds.get("Degraded", {}).get("status") == "False" else None
+
+        after = wait_for(cleared, 300, "ModelFetchFailed gone from the status", dump=s.dump, interval=2)
+        cleared_s = time.monotonic() - t2
+        wait_for(lambda: pms_events("Normal", "Recovered"), 60, "a Recovered event", dump=s.dump, interval=2)
     finally:
         base.close()
     record(
@@ -150,8 +189,17 @@ def test_preload_fills_a_ram_disk_serves_a_signed_model_and_a_tampered_one_fails
                 {k: c.get(k) for k in ("type", "status", "reason", "message")}
                 for c in status.get("conditions", [])
             ],
+            "reason_in_status_after_patch_s": round(in_status_s, 1),
+            "pms_event": f"{fetch_event['type']} {fetch_event['reason']}: {fetch_event.get('message', '')[:200]}",
+            "cleared_after_revert_s": round(cleared_s, 1),
+            "conditions_after_revert": {
+                c["type"]: f"{c['status']} {c.get('reason')}" for c in after["status"].get("conditions", [])
+            },
         },
     )
+    for cond in (conds["ModelCurrent"], conds["Degraded"]):
+        assert "checksum" in cond["message"] and "fetch-model" in cond["message"], cond
+    assert "checksum" in fetch_event.get("message", ""), fetch_event
 
 
 def _cap_eff(status: str) -> int:
@@ -459,27 +507,54 @@ def test_hot_reload_changes_the_served_version_in_place_with_no_restart_and_no_f
     assert summary["requests"] > 0
 
 
-def test_first_request_after_ready_compared_with_the_steady_p50_on_the_real_pod(
+FIRST_REQUEST_RUNS = 5
+
+
+def test_first_request_after_ready_within_2x_the_steady_p50_on_the_real_pod_in_repeated_runs(
     served: dict[str, Served], cluster: Cluster
 ) -> None:
+    """The bundled PP-OCRv4 rec model warms the widths clients send (its model.yaml: 320 and 640,
+    every batch size, once through the batcher), so the first request after Ready costs about what
+    the next ones do. Each run is a fresh pod (the previous one deleted)."""
     s = served["first-request"]
     name = "fr"
     s.apply(pms(name))
-    s.wait_ready(name)
-    (pod,) = s.ready_pods(name)
-    address = f"{pod['status']['podIP']}:8080"  # the pod itself: no Service hop in the figure
     x = text_image()
-    text, _, first_ms = infer(address, MODEL, x)
-    steady = sorted(infer(address, MODEL, x)[2] for _ in range(20))
-    p50 = steady[len(steady) // 2]
-    record(
-        "first_request",
-        {
+    runs = []
+    for i in range(FIRST_REQUEST_RUNS):
+        if i:
+            (old,) = s.ready_pods(name)
+            s.cluster.kubectl("delete", "pod", "-n", s.ns, old["metadata"]["name"], "--wait=false")
+            wait_for(
+                lambda old=old: [p for p in s.ready_pods(name) if p["metadata"]["uid"] != old["metadata"]["uid"]],
+                600, "a fresh pod Ready", dump=s.dump, interval=1,
+            )  # fmt: skip
+        s.wait_ready(name)
+        (pod,) = s.ready_pods(name)
+        address = f"{pod['status']['podIP']}:8080"  # the pod itself: no Service hop in the figure
+        text, _, first_ms = infer(address, MODEL, x)
+        steady = sorted(infer(address, MODEL, x)[2] for _ in range(20))
+        p50 = steady[len(steady) // 2]
+        log = cluster.kubectl("logs", "-n", s.ns, pod["metadata"]["name"], "-c", "runtime").stdout
+        warmed = next((line for line in log.splitlines() if "warmed up in" in line), "")
+        runs.append({
             "first_ms": round(first_ms, 1),
             "steady_p50_ms": round(p50, 1),
+            "steady_p90_ms": round(steady[int(len(steady) * 0.9)], 1),
+            "steady_max_ms": round(steady[-1], 1),
             "ratio": round(first_ms / p50, 2),
-            "target_ratio": 2.0,
-            "input_shape": list(x.shape),
-        },
+            "loadavg": [round(v, 1) for v in os.getloadavg()],
+            "warm_up": re.sub(r".*(loaded in [0-9.]+s, warmed up in [0-9.]+s).*", r"\1", warmed)[:80],
+        })  # fmt: skip
+        assert text == "PaddleSLA 2026"
+    record(
+        "first_request",
+        {"runs": runs, "target_ratio": 2.0, "input_shape": list(x.shape), "warmup_shapes": [[1, 3, 48, 320], [1, 3, 48, 640]]},
     )
-    assert text == "PaddleSLA 2026"
+    # The target holds for the runs' median. On this shared 2-core machine (load average 15-26 in
+    # the session runs) one request's latency alone spreads past 2x the p50 (steady p90/max are
+    # recorded beside each run), so a single run's first request is also held to the steady max:
+    # it must not be slower than the slowest of the 20 requests after it.
+    ratios = sorted(r["ratio"] for r in runs)
+    assert ratios[len(ratios) // 2] <= 2.0, runs
+    assert all(r["first_ms"] <= max(2.0 * r["steady_p50_ms"], r["steady_max_ms"]) for r in runs), runs

@@ -328,9 +328,14 @@ def evaluate_sla(
 _truth_written: dict[memory.Key, dict[str, Any]] = {}
 
 
+# The pod reports last used per resource, to bridge a pod's missed scrape (truth.carry_over).
+_reports_seen: dict[memory.Key, dict[str, dict[str, truth.PodReport]]] = {}
+
+
 def forget_truth(key: memory.Key) -> None:
     """Drop the memory of a deleted resource."""
     _truth_written.pop(key, None)
+    _reports_seen.pop(key, None)
 
 
 def apply_truth(
@@ -338,14 +343,18 @@ def apply_truth(
     body: dict[str, Any],
     tracks: dict[str, dict[str, truth.PodReport]] | None,
     no_data_reason: str = "NoPodsReporting",
+    failures: list[truth.PodFailure] | tuple[truth.PodFailure, ...] = (),
 ) -> tuple[bool, list[truth.Transition]]:
     """Apply one resource's truth fields when they changed: (written, transitions to post as events)."""
     svc = PaddleModelService.from_body(body)
     key = memory.key(svc)
+    if tracks is not None:
+        tracks = truth.carry_over(tracks, _reports_seen.get(key))
+        _reports_seen[key] = tracks
     old = dict(body.get("status") or {})
     last = _truth_written.get(key)
     previous = last if last is not None else old
-    new = truth.truth_status(svc, tracks, old, no_data_reason=no_data_reason, previous=previous)
+    new = truth.truth_status(svc, tracks, old, no_data_reason=no_data_reason, previous=previous, failures=failures)
     fresh = truth.comparable(new)
     if fresh == truth.comparable(previous) and fresh == truth.comparable(old):
         return False, []

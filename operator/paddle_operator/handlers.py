@@ -7,6 +7,8 @@
   ``blocked_recheck_s`` (docs/operator.md says why this is not kopf's delayed retry).
 - ``pms_index``: an in-memory index of PaddleModelServices, so child events find their owner without
   an API call.
+- ``pod_failures``: an index of our pods whose model fetch failed (a watch filtered server-side by
+  the managed-by label; healthy pods are not kept), read by the truth pass: no pod list per resource.
 - ``child_event`` on every watched child kind (kinds.WATCHED): restores drifted or deleted children
   and refreshes the status when the Deployment or HPA changes.
 - ``RolloutLoop``: one asyncio task (started in ``@kopf.on.startup``) that walks the index every
@@ -32,13 +34,13 @@ import kopf
 
 from . import canary, memory
 from . import reconcile as rc
-from .kinds import WATCHED
+from .kinds import OBSERVED, WATCHED
 from .kube import Kube, KubeError
 from .prometheus import PrometheusQuerier
 from .rollout import Unreachable
 from .settings import OperatorSettings
 from .spec import FIELD_MANAGER, GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
-from .truth import Reports
+from .truth import PodFailure, Reports, pod_failure
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.connect_timeout = ours.api_connect_timeout_s
     # Child watches only stream objects we manage: server-side filtering keeps every other ConfigMap,
     # Service and Deployment in the cluster out of this process.
-    for k in WATCHED:
+    for k in WATCHED + OBSERVED:
         settings.watching.label_selectors[k.plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     settings.execution.max_workers = ours.workers
     # Events are for people: the explicit kopf.info()/kopf.warn() calls, not every log line.
@@ -154,6 +156,20 @@ def pms_index(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Index entry: (namespace, name) -> the plain body."""
     return {(namespace or "default", name): _plain(body)}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def pod_failures(
+    *, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], PodFailure]:
+    """Index entry: (namespace, service) -> the pod's failed model fetch; nothing for a healthy pod.
+
+    An empty answer drops whatever the pod had in the index (kopf replaces an object's entries), and
+    a deleted pod is dropped by kopf: a failure is kept only while the pod exists and still fails.
+    """
+    service = labels.get(LABEL_SERVICE)
+    failure = pod_failure(dict(body)) if service else None
+    return {} if failure is None or service is None else {(namespace or "default", service): failure}
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=None)
@@ -380,9 +396,13 @@ class RolloutLoop:
         finally:
             self._busy.discard(w.key)
 
-    def truth_pass(self, bodies: list[dict[str, Any]]) -> dict[str, int]:
+    def truth_pass(
+        self, bodies: list[dict[str, Any]], failures: dict[tuple[str, str], list[PodFailure]] | None = None
+    ) -> dict[str, int]:
         """In a worker thread: read the pods' reports once per Prometheus and apply every resource's
-        truth fields that changed, posting an event per transition. Returns counts (for tests)."""
+        truth fields that changed, posting an event per transition. ``failures``: the pods whose
+        model fetch failed, per resource (from ``pod_failures``). Returns counts (for tests)."""
+        failures = failures or {}
         by_url: dict[str | None, list[dict[str, Any]]] = {}
         for body in bodies:
             analysis = ((body.get("spec") or {}).get("rollout") or {}).get("analysis") or {}
@@ -406,7 +426,7 @@ class RolloutLoop:
                 try:
                     tracks = None if reports is None else reports.get(key, {})
                     no_data = "NoPrometheus" if url is None else "NoPodsReporting"
-                    written, moved = canary.apply_truth(kube(), body, tracks, no_data)
+                    written, moved = canary.apply_truth(kube(), body, tracks, no_data, failures.get(key, []))
                 except KubeError as e:
                     log.warning("truth %s/%s: %s", key[0], key[1], e)
                     continue
@@ -419,15 +439,16 @@ class RolloutLoop:
                     counts["events"] += 1
         return counts
 
-    async def _truth(self, bodies: list[dict[str, Any]]) -> None:
+    async def _truth(self, bodies: list[dict[str, Any]], failures: dict[tuple[str, str], list[PodFailure]]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, self.truth_pass, bodies)
+            await loop.run_in_executor(self._pool, self.truth_pass, bodies, failures)
         except Exception:  # noqa: BLE001 - the next period tries again
             log.exception("truth pass")
 
-    def start_truth(self, index: Any, now: float) -> None:
-        """Start a truth pass when one is due and none is running."""
+    def start_truth(self, index: Any, now: float, failures_index: Any = None) -> None:
+        """Start a truth pass when one is due and none is running (both indexes copied here, in the
+        event loop that kopf updates them in; the failure index holds failing pods only)."""
         if now < self._next_truth or (self._truth_task is not None and not self._truth_task.done()):
             return
         self._next_truth = now + self.settings.truth_period_s
@@ -435,7 +456,8 @@ class RolloutLoop:
             store[-1] for store in (list(s) for s in list(index.values()))
             if store and not store[-1]["metadata"].get("deletionTimestamp")
         ]
-        self._truth_task = asyncio.create_task(self._truth(bodies), name="truth pass")
+        failures = {key: list(store) for key, store in list((failures_index or {}).items())}
+        self._truth_task = asyncio.create_task(self._truth(bodies, failures), name="truth pass")
 
     def start_pool(self) -> None:
         """Create the worker threads (run() does; tests call it directly)."""
@@ -446,7 +468,7 @@ class RolloutLoop:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    async def run(self, index: Any) -> None:
+    async def run(self, index: Any, failures_index: Any = None) -> None:
         """Walk the index every ``rollout_tick_s`` until cancelled."""
         self.start_pool()
         await asyncio.sleep(self.INITIAL_DELAY_S)
@@ -457,7 +479,7 @@ class RolloutLoop:
                     task = asyncio.create_task(self.work(w, time.time()))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                self.start_truth(index, time.time())
+                self.start_truth(index, time.time(), failures_index)
             except Exception:  # noqa: BLE001 - a bad pass must not end rollouts for good
                 log.exception("rollout loop")
             await asyncio.sleep(max(0.1, self.settings.rollout_tick_s - (time.monotonic() - started)))
@@ -471,7 +493,7 @@ async def start_rollout_loop(**kwargs: Any) -> None:
     """Start the shared rollout loop; the index it walks fills as kopf lists the resources."""
     global _rollout_task
     loop = RolloutLoop(operator_settings())
-    _rollout_task = asyncio.create_task(loop.run(kwargs["pms_index"]), name="rollout loop")
+    _rollout_task = asyncio.create_task(loop.run(kwargs["pms_index"], kwargs["pod_failures"]), name="rollout loop")
 
 
 @kopf.on.cleanup()

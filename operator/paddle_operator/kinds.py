@@ -52,6 +52,9 @@ READ: tuple[Kind, ...] = (
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     Kind(f"{GROUP}/{VERSION}", "PaddleModelService", PLURAL),
 )
-ALL: tuple[Kind, ...] = OWNED + READ
+# Watched (filtered server-side by the managed-by label) but never written: the pods of our
+# Deployments, for the reason an init container failed (truth.pod_failure, handlers.pod_failures).
+OBSERVED: tuple[Kind, ...] = (Kind("v1", "Pod", "pods"),)
+ALL: tuple[Kind, ...] = OWNED + READ + OBSERVED
 WATCHED: tuple[Kind, ...] = tuple(k for k in OWNED if k.watched)
 PLURALS: dict[tuple[str, str], str] = {k.key: k.plural for k in ALL}

@@ -20,6 +20,7 @@ DURATION_BUCKET = "paddle_runtime_request_duration_seconds_bucket"
 MODEL_INFO = "paddle_runtime_model_info"
 FALLBACK_ACTIVE = "paddle_runtime_fallback_active"
 RELOAD_FAILING = "paddle_runtime_reload_failing"
+UP = "up"  # Prometheus's own series per scrape target: 1 when the last scrape worked
 
 #: Label names the operator expects on every scraped runtime series.
 LABEL_NAMESPACE = "namespace"
@@ -191,9 +192,11 @@ def sla_queries(
 def runtime_truth() -> str:
     """Every pod's served version, fallback state and reload error, of *all* resources: one query.
 
-    A plain selector on three names keeps each series' name and labels (``or`` would drop series
+    A plain selector on the names keeps each series' name and labels (``or`` would drop series
     whose labels collide); ``role!="fallback"`` drops the fallback's model_info but keeps the gauges
-    that have no ``role`` label. Cost grows with pods, not with queries: about three series a pod.
+    that have no ``role`` label. ``up`` (one per scrape target, with the target's labels) tells a
+    pod whose last scrape failed (its series are then stale, so absent here) from a pod that is
+    gone (no ``up`` either). Cost grows with pods, not with queries: about four series a pod.
     """
-    names = "|".join((MODEL_INFO, FALLBACK_ACTIVE, RELOAD_FAILING))
+    names = "|".join((MODEL_INFO, FALLBACK_ACTIVE, RELOAD_FAILING, UP))
     return f'{{__name__=~"{names}",{LABEL_SERVICE}!="",role!="fallback"}}'

@@ -45,6 +45,8 @@ METRICS_SERVICE_PORT = 9090
 MODEL_ROOT = "/models"
 MAIN_MODEL_DIR = f"{MODEL_ROOT}/main"
 FALLBACK_MODEL_DIR = f"{MODEL_ROOT}/fallback"
+# What a refused fetch leaves in the store (paddle_runtime.store.FETCH_FAILED, checked equal by a test).
+FETCH_FAILED = "fetch-failed.json"
 CONFIG_DIR = "/etc/paddle-runtime"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 SECRETS_DIR = "/var/run/secrets/paddle-runtime"

@@ -8,6 +8,11 @@ The operator reads them for *all* resources in one query per period (``promql.ru
 (``TRUTH_MANAGER`` in status.py): ``modelVersion``, ``fallback``, ``served`` and the conditions
 ``Degraded`` and ``ModelCurrent``. A field left out is removed by server-side apply, so nothing
 stale is kept once its cause is gone.
+
+Pods whose model fetch (an init container ``fetch-*``) failed never report to Prometheus: the
+operator reads them from a filtered pod watch instead (``handlers.pod_failures``, a kopf index that
+holds only failing pods); :func:`pod_failure` reads one pod, and ``truth_status`` turns the failures
+into ``Degraded``/``ModelCurrent`` with reason ``ModelFetchFailed`` and the fetch's own message.
 """
 
 from __future__ import annotations
@@ -30,10 +35,54 @@ class PodReport:
     version: str | None = None
     fallback_active: bool = False
     reload_error: str | None = None
+    scraped: bool = True  # False: the pod is a scrape target whose last scrape failed (no data now)
 
 
 # (namespace, service) -> track -> pod -> report
 Reports = dict[tuple[str, str], dict[str, dict[str, PodReport]]]
+
+# Init containers that fetch a model (builders/deployment.py): fetch-model is the main model.
+FETCH_PREFIX = "fetch-"
+MAIN_FETCH = "fetch-model"
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    """A pod whose model fetch failed: which init container, and why (its termination message)."""
+
+    pod: str
+    container: str
+    message: str
+
+    @property
+    def main_model(self) -> bool:
+        """The main model's fetch (not the fallback's or a pipeline stage's)."""
+        return self.container == MAIN_FETCH
+
+
+def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
+    """The failed model fetch of one pod (its first ``fetch-*`` init container that exited non-zero
+    and has not succeeded since), or None. Kubernetes keeps the last failure in ``lastState`` while
+    the kubelet retries, so a retry in progress still counts; a later exit 0 clears it."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    for c in status.get("initContainerStatuses") or []:
+        name = c.get("name") or ""
+        if not name.startswith(FETCH_PREFIX):
+            continue
+        state = c.get("state") or {}
+        now = state.get("terminated")
+        if now is not None and now.get("exitCode") == 0:
+            continue
+        term = now if now is not None and now.get("exitCode") else (c.get("lastState") or {}).get("terminated")
+        if not term or not term.get("exitCode"):
+            continue
+        text = " ".join(str(term.get("message") or "").split())
+        if not text:
+            text = f"exit code {term.get('exitCode')} ({term.get('reason') or 'Error'})"
+        return PodFailure(str(meta.get("name") or "?"), name, text[:512])
+    return None
 
 
 def index_samples(samples: list[dict[str, Any]]) -> Reports:
@@ -58,10 +107,35 @@ def index_samples(samples: list[dict[str, Any]]) -> Reports:
             fields["fallback_active"] = value > 0
         elif name == promql.RELOAD_FAILING and value > 0:
             fields["reload_error"] = m.get("error") or "reload failed"
+        elif name == promql.UP:
+            fields["scraped"] = value > 0
     return {
         key: {track: {pod: PodReport(**f) for pod, f in pods.items()} for track, pods in tracks.items()}
         for key, tracks in raw.items()
     }
+
+
+def carry_over(
+    now: dict[str, dict[str, PodReport]], before: dict[str, dict[str, PodReport]] | None
+) -> dict[str, dict[str, PodReport]]:
+    """One resource's reports with a missed scrape bridged: a pod that is still a target but whose
+    last scrape failed keeps its previous report (a busy pod missing one scrape is not a pod that
+    stopped serving); one never reported before is left out, as is every pod that is gone.
+
+    Without this a single failed scrape flipped ``fallback`` to ``Armed`` and ``ModelCurrent`` to
+    ``Unknown``, with an event each way (seen on the real node at load average 20).
+    """
+    out: dict[str, dict[str, PodReport]] = {}
+    for track, pods in now.items():
+        kept = {}
+        for pod, report in pods.items():
+            if report.scraped:
+                kept[pod] = report
+            elif (prev := ((before or {}).get(track) or {}).get(pod)) is not None:
+                kept[pod] = prev
+        if kept:
+            out[track] = kept
+    return out
 
 
 def _track_status(pods: dict[str, PodReport]) -> dict[str, Any]:
@@ -110,13 +184,15 @@ def truth_status(
     now: str | None = None,
     no_data_reason: str = "NoPodsReporting",
     previous: dict[str, Any] | None = None,
+    failures: list[PodFailure] | tuple[PodFailure, ...] = (),
 ) -> dict[str, Any]:
     """Every status field ``TRUTH_MANAGER`` owns, from one resource's pod reports.
 
     ``tracks`` is ``None`` when nothing could be read (no Prometheus for this resource): the served
     figures are left out and ``ModelCurrent`` is Unknown with ``no_data_reason``. ``status`` is the
     resource's status (the reconcile's Deployment signs are read from it); ``previous``, when newer,
-    is what this writer applied last (the watch-fed copy can lag it).
+    is what this writer applied last (the watch-fed copy can lag it). ``failures`` are its pods whose
+    model fetch failed (read from the pods, not Prometheus: such a pod never serves).
     """
     status = dict(status or {})
     now = now or now_iso()
@@ -156,6 +232,13 @@ def truth_status(
     if errors:
         error, n = errors.most_common(1)[0]
         reasons.append(("ReloadFailed", f"{n}/{total} pods refused the new model: {error}"))
+    failures = sorted(failures, key=lambda f: (not f.main_model, f.pod))
+    fetch_msg = ""
+    if failures:
+        first = failures[0]
+        fetch_msg = f"pod {first.pod}: {first.container}: {first.message}"
+        more = f" (and {len(failures) - 1} more pods)" if len(failures) > 1 else ""
+        reasons.append(("ModelFetchFailed", f"{fetch_msg}{more}"))
     dep = _deployment_degraded(status)
     if dep is not None:
         reasons.append(dep)
@@ -164,21 +247,32 @@ def truth_status(
     else:
         add("Degraded", "False", "AsExpected", "no degradation observed")
 
-    if tracks is None:
+    main_failed = [f for f in failures if f.main_model]
+    if main_failed:
+        # A pod that cannot fetch the spec's model does not serve it: known even without Prometheus.
+        served = _version_summary(versions, total) if versions else "no version reported"
+        add("ModelCurrent", "False", "ModelFetchFailed",
+            f"{len(main_failed)} pod(s) cannot fetch {want or 'the model'} (pods serve {served}): {fetch_msg}")
+    elif tracks is None:
         add("ModelCurrent", "Unknown", no_data_reason, "the pods' served version cannot be read")
-    elif not total:
+    elif not sum(versions.values()):
+        # Scraped but no model yet is a pod still loading: not known, and not a fault to warn about.
         add("ModelCurrent", "Unknown", "NoPodsReporting", "no pod of this resource reports its model yet")
     else:
-        served = _version_summary(versions, total) if versions else "no version"
-        current = versions.get(want, 0) == total if want else len(versions) == 1 and sum(versions.values()) == total
+        # Pods that report no model yet are loading (a new pod of a rollout): judged once they do.
+        reporting = sum(versions.values())
+        served = _version_summary(versions, reporting)
+        loading = f"; {total - reporting} pod(s) still loading" if total > reporting else ""
+        current = versions.get(want, 0) == reporting if want else len(versions) == 1
         if current:
-            add("ModelCurrent", "True", "AllPodsCurrent", f"{total}/{total} pods serve {served}")
+            add("ModelCurrent", "True", "AllPodsCurrent", f"{reporting}/{reporting} pods serve {served}{loading}")
         elif errors:
             error, _ = errors.most_common(1)[0]
             add("ModelCurrent", "False", "ReloadFailed",
                 f"pods serve {served}, spec asks {want or 'one version'}: {error}")
         else:
-            add("ModelCurrent", "False", "PodsNotCurrent", f"pods serve {served}, spec asks {want or 'one version'}")
+            add("ModelCurrent", "False", "PodsNotCurrent",
+                f"pods serve {served}, spec asks {want or 'one version'}{loading}")
     out["conditions"] = merge_conditions((previous or status).get("conditions"), conds, now)
     return out
 
@@ -210,7 +304,9 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Transit
         if after.get("status") == bad:
             out.append(Transition("Warning", after.get("reason") or type_, after.get("message") or ""))
         elif before.get("status") == bad:
-            ok = "Recovered" if type_ == "Degraded" else "ModelCurrent"
+            # ModelCurrent can leave False for Unknown (no Prometheus): say that, not "current".
+            ok = "Recovered" if type_ == "Degraded" else (
+                "ModelCurrent" if after.get("status") == "True" else after.get("reason") or "ModelCurrentUnknown")
             out.append(Transition("Normal", ok, after.get("message") or ""))
     return out
 

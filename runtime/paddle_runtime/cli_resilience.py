@@ -24,6 +24,7 @@ from pathlib import Path
 from paddle_runtime import fetch as fetch_mod
 from paddle_runtime import integrity
 from paddle_runtime.errors import IntegrityError
+from paddle_runtime.store import record_fetch_failure
 
 log = logging.getLogger("paddle_runtime.cli")
 
@@ -154,6 +155,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         log.debug("fetch failure", exc_info=True)
         print(msg, file=sys.stderr)
         _termination_message(msg)
+        # For the runtime serving from this store (the model-sync sidecar's refused candidate):
+        # it reports the refusal as a failing reload, so it reaches the resource's status.
+        if Path(args.dest).is_dir():
+            record_fetch_failure(args.dest, args.uri, args.version, msg)
         return code
     print(
         f"fetched {args.uri} -> {result.path} (version {result.version}; checks: {', '.join(result.checks) or 'none'})"

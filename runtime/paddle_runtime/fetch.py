@@ -34,7 +34,15 @@ import yaml
 from .errors import DiskFullError, FetchConfigError, FetchError, IntegrityError
 from .integrity import MANIFEST_NAME, Manifest, verify_model_dir
 from .sources import SourceOptions, source_for
-from .store import STAGING_PREFIX, VERSIONS, fsync_dir, gc_versions, resolve_current, switch_current
+from .store import (
+    STAGING_PREFIX,
+    VERSIONS,
+    clear_fetch_failure,
+    fsync_dir,
+    gc_versions,
+    resolve_current,
+    switch_current,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +187,7 @@ def fetch(uri: str, dest: str | os.PathLike[str], opts: FetchOptions | None = No
                 os.rename(staging, final)
         fsync_dir(versions)
         switch_current(dest_p, final)
+        clear_fetch_failure(dest_p)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

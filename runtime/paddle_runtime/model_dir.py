@@ -14,8 +14,10 @@ optional ``model.yaml``::
     inputs:                  # default: read from the model program itself
       - name: x
         datatype: FP32       # OIP datatype (or numpy name: float32)
-        shape: [-1, 3, 48, -1]        # batch dimension first, -1 = any
-        warmup_shape: [1, 3, 48, 320] # concrete shape for the warm-up run (default: -1 -> 1 / 64)
+        shape: [-1, 3, 48, -1]        # batch dimension first, -1 = any (default: the program's)
+        warmup_shapes:                # shapes the warm-up runs at batch 1, the first also at every
+          - [1, 3, 48, 320]           # batch size the batcher uses (default: -1 -> 1 / 64);
+          - [1, 3, 48, 640]           # ``warmup_shape: [..]`` is the one-shape form; the setting wins.
     outputs:
       - {name: softmax_11.tmp_0, datatype: FP32, shape: [-1, -1, 6625]}
 
@@ -83,7 +85,7 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    warmup_shape: tuple[int, ...] | None = None
+    warmup_shapes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def dtype(self) -> np.dtype:
@@ -94,10 +96,12 @@ class TensorSpec:
         """The OIP model-metadata form."""
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
-    def example_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """A concrete shape for warm-up: batch dim = ``batch``, other unknown dims = 64."""
-        if self.warmup_shape:
-            return (batch, *self.warmup_shape[1:]) if self.shape and self.shape[0] == -1 else self.warmup_shape
+    def example_shape(self, batch: int = 1, which: int = 0) -> tuple[int, ...]:
+        """A concrete shape for warm-up: the ``which``-th of :attr:`warmup_shapes` (the last one when
+        there are fewer) with batch dim = ``batch``; without any, unknown dims = 64."""
+        if self.warmup_shapes:
+            ws = self.warmup_shapes[min(which, len(self.warmup_shapes) - 1)]
+            return (batch, *ws[1:]) if self.shape and self.shape[0] == -1 else ws
         if not self.shape:
             return ()
         first = batch if self.shape[0] == -1 else self.shape[0]
@@ -166,9 +170,49 @@ def _specs(items: Any, where: str) -> tuple[TensorSpec, ...]:
             raise ModelLoadError(f"{where}[{i}] needs a name")
         dt = it.get("datatype") or it.get("dtype") or "FP32"
         shape = tuple(int(d) for d in it.get("shape", ()))
-        ws = it.get("warmup_shape")
-        out.append(TensorSpec(str(it["name"]), to_oip_datatype(dt), shape, tuple(int(d) for d in ws) if ws else None))
+        shapes = it.get("warmup_shapes") or ([it["warmup_shape"]] if it.get("warmup_shape") else [])
+        try:
+            warm = tuple(tuple(int(d) for d in ws) for ws in shapes)
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"{where}[{i}].warmup_shapes must be a list of shapes (lists of integers)") from e
+        out.append(TensorSpec(str(it["name"]), to_oip_datatype(dt), shape, warm))
     return tuple(out)
+
+
+def with_warmup_shapes(spec: TensorSpec, shapes: list[list[int]] | tuple[tuple[int, ...], ...],
+                       where: str) -> TensorSpec:
+    """``spec`` with these warm-up shapes, each checked against its shape; raises :class:`ModelLoadError`."""
+    out = []
+    for ws in shapes:
+        shape = tuple(int(d) for d in ws)
+        bad = len(shape) != len(spec.shape) if spec.shape else False
+        bad = bad or any(d <= 0 for d in shape) or any(
+            want >= 0 and got != want for i, (got, want) in enumerate(zip(shape, spec.shape, strict=False)) if i > 0)
+        if bad:
+            raise ModelLoadError(f"{where}: warm-up shape {list(shape)} of input '{spec.name}' does not fit "
+                                 f"its shape {list(spec.shape)} (-1 = any)")
+        out.append(shape)
+    return TensorSpec(spec.name, spec.datatype, spec.shape, tuple(out))
+
+
+def warmup_examples(specs: tuple[TensorSpec, ...], batch: int) -> list[dict[str, np.ndarray]]:
+    """One input set per warm-up shape (the most any input declares; at least one), ``batch`` rows each.
+
+    Float inputs get values in [0, 1), others zeros: warm-up is about shapes, not answers.
+    """
+    n = max([len(s.warmup_shapes) for s in specs] + [1])
+    rng = np.random.default_rng(0)
+    out = []
+    for which in range(n):
+        example = {}
+        for s in specs:
+            shape = s.example_shape(batch, which)
+            if s.dtype.kind == "f":
+                example[s.name] = rng.random(shape, dtype=np.float32).astype(s.dtype)
+            else:
+                example[s.name] = np.zeros(shape, dtype=s.dtype)
+        out.append(example)
+    return out
 
 
 def load_model_files(model_dir: str | Path, name: str = "") -> ModelFiles:

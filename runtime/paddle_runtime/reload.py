@@ -17,6 +17,11 @@ A reload is done off the request path, in this order, and stops at the first fai
 
 A failed reload keeps the old model serving, increments ``paddle_runtime_reloads_total{result=
 "failure"}``, logs the reason, and shows it in ``/version`` (:meth:`ReloadManager.version_info`).
+
+A candidate can also be refused before it reaches this process: ``fetch`` (the model-sync sidecar)
+verifies it and leaves ``DEST/fetch-failed.json`` when it refuses it (store.py). Each poll reads that
+record; while it is there, ``paddle_runtime_reload_failing{error}`` reports it (unless a refusal of
+this process is in force), so the resource's status says why the new version never arrived.
 Every load logs ``Loaded model <name> <version> in <ms> ms``.
 """
 
@@ -41,6 +46,7 @@ from .loading import EngineFactory, integrity_options
 from .model_dir import resolve_model_dir
 from .probe import probe_in_child
 from .settings import RuntimeSettings
+from .store import read_fetch_failure
 
 log = logging.getLogger("paddle_runtime.reload")
 
@@ -117,6 +123,7 @@ class ReloadManager:
         self.last_error_at: str | None = None
         self.last_attempt_at: str | None = None
         self.failing = False  # the source on disk is refused now (last_error stays as history)
+        self.fetch_error: str | None = None  # the candidate `fetch` refused, while its record is there
         self.counts = {"success": 0, "failure": 0}
         # Both label values exist from the start, so a dashboard shows 0 rather than "no data".
         metrics.RELOADS.labels(handle.name, "success")
@@ -170,9 +177,32 @@ class ReloadManager:
                 log.exception("reload watcher error")
 
     # ---- reloading ---------------------------------------------------------------------------------
+    def _export_failing(self, at: float | None = None) -> None:
+        """One ``reload_failing`` series: this process's refusal first, else the fetch's, else none."""
+        metrics.set_reload_failing(self.handle.name, self.last_error if self.failing else self.fetch_error, at)
+
+    def _read_fetch_failure(self) -> None:
+        rec = read_fetch_failure(self.settings.model_dir)
+        error = None
+        if rec is not None:
+            reason = (rec.get("error") or "refused").removeprefix("fetch failed: ")
+            error = f"fetch of {rec.get('version') or rec.get('uri') or 'the new model'} refused: {reason}"
+        if error == self.fetch_error:
+            return
+        if error is not None:
+            log.error("%s; still serving %s %s", error, self.handle.name, self.handle.version,
+                      extra=logs.event("reload", model=self.handle.name, from_version=self.handle.version,
+                                       to_version=rec.get("version") if rec else None, load_ms=None,
+                                       result="failure", error=error, model_dir=None))
+        else:
+            log.info("the refused fetch is no longer pending (%s)", self.fetch_error)
+        self.fetch_error = error
+        self._export_failing(time.time() if error else None)
+
     def reload(self, force: bool = False) -> dict[str, Any]:
         """Reload if the source changed (or ``force``); return a summary; raise :class:`ModelRejected`."""
         with self._lock:
+            self._read_fetch_failure()
             try:
                 target = resolve_model_dir(self.settings.model_dir)
             except ModelLoadError as exc:
@@ -181,7 +211,7 @@ class ReloadManager:
             if sig == self._source_sig and self.failing:
                 # The refused candidate is gone (``current`` points at what serves): so is the error.
                 self._failed_sig, self.failing = None, False
-                metrics.set_reload_failing(self.handle.name, None)
+                self._export_failing()
             if not force and (sig == self._source_sig or sig == self._failed_sig):
                 return {"result": "unchanged", "version": self.handle.version}
             return self._reload_locked(target, sig)
@@ -226,7 +256,7 @@ class ReloadManager:
         self.previous_version = old.version
         self.model_dir = target
         self._source_sig, self._failed_sig, self.failing = sig, None, False
-        metrics.set_reload_failing(self.handle.name, None)
+        self._export_failing()
         self.loaded_at = _now()
         self.load_ms = round(elapsed_ms, 1)
         self.counts["success"] += 1
@@ -261,7 +291,7 @@ class ReloadManager:
         self.last_error = f"{exc.kind}: {exc.message}"
         self.last_error_at = _now()
         self.failing = True
-        metrics.set_reload_failing(self.handle.name, self.last_error, time.time())
+        self._export_failing(time.time())
         # to_version stays null: a refused candidate may have no readable version at all.
         log.error(
             "reload of %s refused (%s); still serving %s %s",
@@ -289,5 +319,6 @@ class ReloadManager:
             "last_error_at": self.last_error_at,
             "last_attempt_at": self.last_attempt_at,
             "reload_failing": self.failing,
+            "fetch_error": self.fetch_error,
             "reloads": dict(self.counts),
         }

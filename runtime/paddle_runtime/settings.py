@@ -131,6 +131,13 @@ class RuntimeSettings(BaseSettings):
     batches, +25 % per row at batch 4 with 2/4/8 alternating)."""
     warmup_runs: int = Field(2, ge=0)
     """Warm-up inferences before the runtime reports ready."""
+    warmup_shapes: dict[str, list[list[int]]] = Field(default_factory=dict)
+    """Per input name, the shapes warm-up runs before ready (e.g. ``{"x": [[1, 3, 48, 320], [1, 3, 48, 640]]}``;
+    env: JSON), each at batch 1 and once through the batcher itself, the first one also at every batch
+    size the batcher uses: the
+    first request of a shape Paddle has not run yet pays for building its kernels (PP-OCRv4 rec at
+    width 320 after a warm-up at 64: about 2x the steady latency). Replaces model.yaml's
+    ``warmup_shapes``; empty = model.yaml's, else unknown dimensions as 64."""
     wedge_timeout_s: float = Field(60.0, gt=0)
     """Liveness fails when requests have waited this long without any batch completing."""
     drain_delay_s: float = Field(3.0, ge=0)

@@ -5,6 +5,8 @@
     DEST/versions/<version>/...   one directory per fetched version (verified before it is named)
     DEST/versions/.incoming-*     staging while a fetch runs (readers never look there)
     DEST/current -> versions/<v>  a relative symlink, switched atomically (new link renamed over the old)
+    DEST/fetch-failed.json        the last refused fetch into DEST (uri, version, error); removed by
+                                  the next successful one. ``serve`` reports it as a reload failure.
 
 A plain model directory without ``current`` is its own store: :func:`resolve_current` returns it.
 """
@@ -12,6 +14,7 @@ A plain model directory without ``current`` is its own store: :func:`resolve_cur
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 CURRENT = "current"
 VERSIONS = "versions"
 STAGING_PREFIX = ".incoming-"
+FETCH_FAILED = "fetch-failed.json"
 
 
 def resolve_current(dest: str | os.PathLike[str]) -> Path:
@@ -82,3 +86,35 @@ def gc_versions(dest: Path, keep: int) -> None:
         if p.resolve() != current:
             log.info("removing old model version %s", p.name)
             shutil.rmtree(p, ignore_errors=True)
+
+
+def record_fetch_failure(dest: str | os.PathLike[str], uri: str, version: str | None, error: str) -> None:
+    """Leave the refusal of a fetch into ``dest`` where ``serve`` reads it (atomically replaced).
+
+    Best effort: a store that cannot be written is reported by the fetch's own exit status.
+    """
+    d = Path(dest)
+    doc = {"uri": uri, "version": version, "error": error}
+    tmp = d / f".{FETCH_FAILED}.{os.getpid()}"
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, d / FETCH_FAILED)
+
+
+def clear_fetch_failure(dest: str | os.PathLike[str]) -> None:
+    """Forget a refused fetch (a fetch into ``dest`` succeeded)."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(dest) / FETCH_FAILED).unlink()
+
+
+def read_fetch_failure(dest: str | os.PathLike[str]) -> dict[str, str | None] | None:
+    """The last refused fetch into ``dest`` (``uri``, ``version``, ``error``), or None."""
+    try:
+        doc = json.loads((Path(dest) / FETCH_FAILED).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"uri": None, "version": None, "error": "fetch failed (unreadable failure record)"}
+    if not isinstance(doc, dict):
+        return None
+    return {k: (str(doc[k]) if doc.get(k) is not None else None) for k in ("uri", "version", "error")}

@@ -21,10 +21,11 @@ from typing import Any
 
 from . import metrics
 from .batcher import Batcher
-from .contracts import Engine, ModelHandle
+from .contracts import Engine, ModelHandle, validate_inputs
 from .errors import ModelRejected
 from .fallback import FALLBACK, TUNABLE, FallbackRouter
 from .loading import EngineFactory, check_same_contract, load_verified
+from .model_dir import warmup_examples
 from .reload import ReloadManager
 from .settings import RuntimeSettings
 
@@ -111,6 +112,19 @@ def _load_fallback(settings: RuntimeSettings, main: Engine, factory: EngineFacto
     return eng
 
 
+async def warm_through(batcher: Batcher) -> None:
+    """One request per warm-up shape through the batcher, before ready: the engine warmed its
+    predictors in the load thread; this runs them once more in the batcher's own worker thread,
+    on the path a request takes (queue, adaptive batch size, row split). The engine's own warm-up
+    already proved the model runs, so a failure here (a test's injected fault) is logged, not fatal."""
+    eng = batcher.engine
+    try:
+        for x in warmup_examples(eng.inputs, 1):
+            await batcher.infer(validate_inputs(eng.inputs, x, eng.max_rows))
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("warm-up through the batcher failed for model %s (%s); serving anyway", eng.name, e)
+
+
 async def assemble_unit(settings: RuntimeSettings, factory: EngineFactory) -> ModelUnit:
     """Load ``settings.model_dir`` (and ``fallback_model_dir``) in threads and start every part.
 
@@ -121,6 +135,7 @@ async def assemble_unit(settings: RuntimeSettings, factory: EngineFactory) -> Mo
     metrics.set_model_info(engine.name, engine.version, engine.device, engine.role)
     main = Batcher(engine, settings)
     await main.start()
+    await warm_through(main)
     fb: Batcher | None = None
     router: FallbackRouter | None = None
     if settings.fallback_model_dir:
@@ -128,6 +143,7 @@ async def assemble_unit(settings: RuntimeSettings, factory: EngineFactory) -> Mo
         metrics.set_model_info(fb_engine.name, fb_engine.version, fb_engine.device, FALLBACK)
         fb = Batcher(fb_engine, settings)
         await fb.start()
+        await warm_through(fb)
         router = FallbackRouter(main, fb, settings)
         await router.start()
     manager = ReloadManager(main, settings, factory, fallback=fb)

@@ -232,3 +232,16 @@ def test_longest_allowed_name_fits_every_child() -> None:
         assert all(len(v) <= 63 for v in child["metadata"]["labels"].values())
     assert len(svc.name + "-canary") <= 63
     assert len(svc.name + "-stable") <= 63
+
+
+def test_model_sync_drops_the_refused_fetch_record_the_runtime_reads() -> None:
+    """The sidecar retries a refused candidate; once the spec points back at what serves it removes
+    the record ``fetch`` left, so the runtime (and the status) stop reporting a stale refusal."""
+    from paddle_operator.spec import FETCH_FAILED as OPERATOR_NAME
+    from paddle_operator.spec import MAIN_MODEL_DIR
+    from paddle_runtime.store import FETCH_FAILED
+
+    assert OPERATOR_NAME == FETCH_FAILED
+    pod = build_deployment(load_case("full"))["spec"]["template"]["spec"]
+    sync = next(c for c in pod["containers"] if c["name"] == "model-sync")
+    assert f"else rm -f {MAIN_MODEL_DIR}/{FETCH_FAILED}; fi" in sync["args"][0]

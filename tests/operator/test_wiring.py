@@ -24,7 +24,10 @@ def test_kopf_watches_and_filters_exactly_the_registry_child_kinds() -> None:
     handlers.use_settings(OperatorSettings(workers=7))
     settings = kopf.OperatorSettings()
     handlers.configure(settings=settings)
-    assert {s.any_name for s in settings.watching.label_selectors} == {k.plural for k in kinds.WATCHED}
+    # Children, and the pods (read for failed model fetches), are filtered by the API server.
+    assert {s.any_name for s in settings.watching.label_selectors} == {
+        k.plural for k in kinds.WATCHED + kinds.OBSERVED
+    }
     assert settings.execution.max_workers == 7
     # Router kinds are owned (applied, pruned) but not watched: their CRDs are optional.
     assert {k.kind for k in kinds.OWNED} - {k.kind for k in kinds.WATCHED} == {

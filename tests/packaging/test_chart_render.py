@@ -237,7 +237,7 @@ def test_chart_rbac_covers_every_call_the_operator_code_makes(chart):
     # Applied with server-side apply (create or patch), listed and deleted when pruned.
     for k in kinds.OWNED:
         needs.setdefault((k.group, k.plural), set()).update({"create", "patch", "list", "delete"})
-    for k in kinds.WATCHED:
+    for k in kinds.WATCHED + kinds.OBSERVED:
         needs.setdefault((k.group, k.plural), set()).update({"list", "watch"})
     # kopf: the watch on the resource, annotations/finalizer patches, status patches.
     needs.setdefault((GROUP, PLURAL), set()).update({"list", "watch", "patch"})

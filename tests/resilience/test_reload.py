@@ -226,3 +226,60 @@ def test_start_refuses_unsigned_model_when_a_key_is_configured(tmp_path: Path, s
     srv = runtime_server(seeds[0], "--hmac-key-file", str(key), wait_ready=False)
     assert srv.proc.wait(60) == 1
     assert "model refused: unsigned" in srv.log()
+
+
+def test_a_candidate_refused_by_fetch_is_reported_by_the_runtime_until_a_fetch_succeeds(
+    tmp_path: Path, seeds, x, runtime_server
+) -> None:
+    """The model-sync sidecar's path: ``paddle-runtime fetch`` refuses a tampered candidate before it
+    reaches ``current``; the serving process reports that refusal (the series the operator reads)
+    while the old version keeps answering, and drops it once a fetch succeeds."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from paddle_runtime.integrity import sign_model_dir
+    from paddle_runtime.store import FETCH_FAILED
+
+    key = tmp_path / "hmac.key"
+    key.write_bytes(HMAC)
+    dest = tmp_path / "models"
+    publish(seeds[0], dest, "v0", hmac_key=HMAC)
+    srv = runtime_server(dest, "--hmac-key-file", str(key), "--reload-poll-s", "0.3")
+    client = Client(srv.url, "mobilenet-v3-small", x)
+    paddle_runtime = str(Path(sys.executable).with_name("paddle-runtime"))
+
+    def fetch(src: Path, version: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([paddle_runtime, "fetch", "--uri", str(src), "--dest", str(dest), "--version", version,
+                               "--hmac-key-file", str(key)], capture_output=True, text=True, timeout=300)
+
+    # A published candidate whose weights changed after signing.
+    bad = tmp_path / "source-v9"
+    shutil.copytree(seeds[1], bad)
+    sign_model_dir(bad, hmac_key=HMAC, version="v9")
+    _flip_byte(bad / "inference.pdiparams")
+    refused = fetch(bad, "v9")
+    assert refused.returncode == 5 and "checksum" in refused.stderr, refused
+    assert (dest / FETCH_FAILED).is_file()
+    failing = wait_until(lambda: _failing(srv.url), 30, "the refused fetch in reload_failing")
+    (error,) = failing
+    assert error.startswith("fetch of v9 refused: checksum:"), error
+    info = get_json(srv.url, "/version")
+    assert info["fetch_error"] == error and info["version"] == "v0"
+    for _ in range(3):
+        status, version, _, _ = client.infer()
+        assert (status, version) == (200, "v0")
+
+    # A good candidate: fetched, served, and the refusal is gone from /metrics and /version.
+    good = tmp_path / "source-v1"
+    shutil.copytree(seeds[1], good)
+    meta = good / "model.yaml"
+    meta.write_text(yaml.safe_dump({**(yaml.safe_load(meta.read_text()) or {}), "version": "v1"}))
+    sign_model_dir(good, hmac_key=HMAC, version="v1")
+    assert fetch(good, "v1").returncode == 0
+    assert not (dest / FETCH_FAILED).exists()
+    wait_until(lambda: client.infer()[1] == "v1", 180, "v1 served")
+    wait_until(lambda: not _failing(srv.url), 30, "reload_failing cleared after a fetch succeeded")
+    assert get_json(srv.url, "/version")["fetch_error"] is None
+    client.close()

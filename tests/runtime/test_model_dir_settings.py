@@ -77,3 +77,51 @@ def test_settings_reject_unknown_config_keys(tmp_path: Path) -> None:
     cfg.write_text("max_batch: 4\n")
     with pytest.raises(ValueError, match="unknown settings"):
         load_settings(str(cfg))
+
+
+def test_warm_up_shapes_from_model_yaml_the_setting_wins_and_misfits_are_refused(
+    tmp_path: Path, ocr_rec_dir: Path
+) -> None:
+    """PP-OCR rec has a dynamic width: warm-up must run the widths clients send (model.yaml beside
+    the model, or the ``warmup_shapes`` setting), each at the batch size asked for."""
+    from paddle_runtime.model_dir import TensorSpec, warmup_examples, with_warmup_shapes
+
+    bundled = Path(__file__).parents[2] / "runtime" / "bundled" / "ch_PP-OCRv4_rec_infer" / "model.yaml"
+    shutil.copytree(ocr_rec_dir, tmp_path / "m")
+    shutil.copy(bundled, tmp_path / "m" / "model.yaml")
+    (spec,) = load_model_files(tmp_path / "m").inputs
+    assert spec.shape == ()  # named for its warm-up only: the engine takes the shape from the program
+    program = TensorSpec("x", "FP32", (-1, 3, 48, -1))
+    spec = with_warmup_shapes(TensorSpec("x", "FP32", program.shape, spec.warmup_shapes), spec.warmup_shapes, "m")
+    assert [x["x"].shape for x in warmup_examples((spec,), 4)] == [(4, 3, 48, 320), (4, 3, 48, 640)]
+    # Without any: one example, unknown dims as 64 (the old default, which left width 320 cold).
+    assert [x["x"].shape for x in warmup_examples((program,), 1)] == [(1, 3, 48, 64)]
+    with pytest.raises(ModelLoadError, match=r"warm-up shape \[1, 1, 48, 320\] of input 'x' does not fit"):
+        with_warmup_shapes(program, [[1, 1, 48, 320]], "setting warmup_shapes")
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        with_warmup_shapes(program, [[1, 3, 48]], "setting warmup_shapes")
+    s = load_settings(warmup_shapes={"x": [[1, 3, 48, 480]]})
+    assert s.warmup_shapes == {"x": [[1, 3, 48, 480]]}
+    os.environ["PADDLE_RUNTIME_WARMUP_SHAPES"] = '{"x": [[1, 3, 48, 320], [1, 3, 48, 960]]}'
+    try:
+        assert load_settings().warmup_shapes["x"][1] == [1, 3, 48, 960]
+    finally:
+        del os.environ["PADDLE_RUNTIME_WARMUP_SHAPES"]
+
+
+def test_engine_warms_the_declared_widths_and_refuses_a_setting_for_an_unknown_input(
+    tmp_path: Path, ocr_rec_dir: Path
+) -> None:
+    from paddle_runtime.engine import PaddleEngine
+
+    eng = PaddleEngine(load_settings(max_batch_size=2, warmup_shapes={"x": [[1, 3, 48, 320], [1, 3, 48, 480]]}),
+                       ocr_rec_dir)
+    eng.load()
+    try:
+        (x,) = eng.inputs
+        assert x.shape == (-1, 3, 48, -1) and x.warmup_shapes == ((1, 3, 48, 320), (1, 3, 48, 480))
+    finally:
+        eng.unload()
+    bad = PaddleEngine(load_settings(warmup_shapes={"image": [[1, 3, 48, 320]]}), ocr_rec_dir)
+    with pytest.raises(ModelLoadError, match=r"warmup_shapes names inputs the model does not have: \['image'\]"):
+        bad.load()

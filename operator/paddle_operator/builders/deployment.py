@@ -15,6 +15,7 @@ from ..spec import (
     CONFIG_FILE,
     DET_MODEL_DIR,
     FALLBACK_MODEL_DIR,
+    FETCH_FAILED,
     KEY_FILES,
     MAIN_MODEL_DIR,
     MODEL_ROOT,
@@ -130,7 +131,9 @@ def _sync_script(stores: list[tuple[tuple[str, str], str, list[str]]]) -> str:
     """The model-sync sidecar's loop: re-fetch a store when its URI in the mounted ConfigMap changes.
 
     fetch writes versions/<v> and switches the `current` link atomically, which the runtime watches;
-    the version comes from the same ConfigMap, so it moves with the URI.
+    the version comes from the same ConfigMap, so it moves with the URI. A refused fetch leaves
+    fetch-failed.json, which the runtime reports (status ModelCurrent); it is retried every poll,
+    and dropped once the spec points back at what serves.
     """
     init, body = [], []
     for i, ((uri_key, version_key), dest, verify) in enumerate(stores):
@@ -142,7 +145,7 @@ def _sync_script(stores: list[tuple[tuple[str, str], str, list[str]]]) -> str:
             f'if [ "$cur" != "${last}" ]; then '
             f'paddle-runtime fetch --uri "$cur" --dest {dest} ${{ver:+--version "$ver"}} '
             f'{" ".join(verify)} '
-            f'&& {last}="$cur"; fi; '
+            f'&& {last}="$cur"; else rm -f {dest}/{FETCH_FAILED}; fi; '
         )
     return "".join(init) + f"while sleep {SYNC_POLL_S}; do " + "".join(body).rstrip("; ") + "; done"
 
