@@ -89,16 +89,20 @@ def _create(cluster: Any, ns: str, names: list[str]) -> None:
     cluster.kubectl("apply", "-n", ns, "-f", "-", input="---\n".join(yaml.safe_dump(_body(n)) for n in names))
 
 
-def _burst_started(cluster: Any, ns: str, n: int = BURST) -> list[str]:
-    """Create ``n`` resources at once; return as soon as the operator has written its first child."""
+def _burst_started(cluster: Any, fop: OperatorProcess, ns: str, n: int = BURST) -> list[str]:
+    """Create ``n`` resources at once; return as soon as the operator has written its first child.
+
+    The bound covers the module operator's first sight of a fresh namespace (its namespace watch)
+    on a busy machine; a miss shows the operator's log."""
     names = [f"svc-{i}" for i in range(n)]
     _create(cluster, ns, names)
     wait_for(
         lambda: cluster.kubectl(
             "get", "configmaps,deployments", "-n", ns, "-l", MANAGED, "-o", "name"
         ).stdout.strip(),
-        60,
+        120,
         "first children",
+        dump=lambda: fop.log()[-6000:],
         interval=0.05,
     )
     return names
@@ -181,7 +185,7 @@ def _restart_during_burst(
     component: str,
     sig: int,
 ) -> None:
-    names = _burst_started(cluster, ns)
+    names = _burst_started(cluster, fop, ns)
     t0 = time.monotonic()
     down = local.restart(component, sig=sig, down_s=3)
     _wait_converged(cluster, ns, names, fop, f"{component} restarted")
@@ -211,7 +215,7 @@ def test_fault_etcd_killed_during_a_burst_converges(
 def test_fault_operator_sigkilled_during_a_burst_converges(
     cluster: Any, fop: OperatorProcess, ns: str, report: Callable[[str], None]
 ) -> None:
-    names = _burst_started(cluster, ns)
+    names = _burst_started(cluster, fop, ns)
     t0 = time.monotonic()
     fop.kill()
     half = len(cluster.kubectl("get", "deployments", "-n", ns, "-o", "name").stdout.split())

@@ -56,8 +56,15 @@ def _fire(hp: str, n: int, shape: tuple, results: list) -> list[threading.Thread
 
 
 def test_full_queue_answers_503_with_retry_after_and_admitted_requests_succeed(runtime_server: Any,
-                                                                                ocr_det_dir: Path) -> None:
-    rp = runtime_server(ocr_det_dir, "--max-queue-size", "2", "--max-batch-size", "1")
+                                                                                ocr_det_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    # Each predict is held 1.5 s (the test-only fault file), so the queue stays full while the
+    # requests arrive: without it a slow client on a busy machine sent them one after another
+    # and the queue never filled (seen in CI: 8 of 8 answered 200).
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"main": {"delay_ms": 1500}}))
+    rp = runtime_server(ocr_det_dir, "--max-queue-size", "2", "--max-batch-size", "1",
+                        env={"PADDLE_RUNTIME_FAULT_INJECTION_FILE": str(faults)})
     results: list[Any] = [None] * 12
     for t in _fire(rp.host_port, 12, (1, 3, 640, 640), results):
         t.join(120)

@@ -10,7 +10,8 @@ from paddle_runtime import metrics
 
 
 def test_contract_metric_names_are_exported() -> None:
-    metrics.set_model_info("m", "1", "cpu", "main")
+    # A name of its own: the registry is the process's, and other tests leave series of their models.
+    metrics.set_model_info("contract-m", "1", "cpu", "main")
     body, ctype = metrics.render()
     text = body.decode()
     assert ctype.startswith("text/plain")
@@ -20,9 +21,9 @@ def test_contract_metric_names_are_exported() -> None:
                  "paddle_runtime_gpu_memory_used_bytes", "paddle_runtime_active_role",
                  "paddle_runtime_fallback_switches_total", "paddle_runtime_reloads_total"):
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
-    assert 'paddle_runtime_model_info{device="cpu",model="m",role="main",version="1"} 1.0' in text
-    metrics.set_model_info("m", "1", "cpu", "main", loaded=False)
-    assert 'model="m"' not in metrics.render()[0].decode()
+    assert 'paddle_runtime_model_info{device="cpu",model="contract-m",role="main",version="1"} 1.0' in text
+    metrics.set_model_info("contract-m", "1", "cpu", "main", loaded=False)
+    assert 'model="contract-m"' not in metrics.render()[0].decode()
 
 
 def test_gpu_sampler_is_off_without_a_gpu() -> None:
