@@ -28,8 +28,9 @@ class Target:
     module_dir: str
     module: str
     package: str
-    # "control": the control plane and the tools every e2e run needs; "node": the real node's
-    # container runtime and kubelet, built only when a run needs a real node.
+    # "control": the control plane and the tools every e2e run needs; "node": what runs only beside
+    # a real node (its container runtime and kubelet; prometheus-adapter, which the API server
+    # reaches on the node link's host address), built only when a run needs a real node.
     group: str = "control"
     # Go build tags, e.g. Prometheus's ``remove_all_sd,enable_kubernetes_sd``.
     tags: str = ""
@@ -81,6 +82,15 @@ TARGETS: tuple[Target, ...] = (
         "containerd",
         "github.com/containerd/containerd/v2",
         "github.com/containerd/containerd/v2/cmd/ctr",
+        "node",
+    ),
+    # The custom (and resource) metrics API the HPAs read, served from the e2e Prometheus
+    # (e2e/cluster/adapter.py). Upstream builds it with a plain `go build`: no version -X flags.
+    Target(
+        "prometheus-adapter",
+        "prometheus-adapter",
+        "sigs.k8s.io/prometheus-adapter",
+        "sigs.k8s.io/prometheus-adapter/cmd/adapter",
         "node",
     ),
 )
@@ -204,7 +214,7 @@ def _version_ldflags(target: Target) -> list[str]:
         version = f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
         pkg = "github.com/prometheus/common/version"
         return [f"-X {pkg}.Version={version}", f"-X {pkg}.Branch=HEAD", f"-X {pkg}.Revision=v0.{minor}.{patch}"]
-    return []  # etcd and kwok carry their versions in source
+    return []  # etcd and kwok carry their versions in source; prometheus-adapter sets none upstream
 
 
 def _read_stamp(directory: Path) -> dict[str, dict[str, str]]:
