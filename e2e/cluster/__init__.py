@@ -10,7 +10,8 @@ Modes (``open_cluster``): the local control plane (default), ``E2E_CLUSTER=kind`
 kind cluster, for machines with Docker), or ``E2E_KUBECONFIG=path`` (an existing cluster, left alone).
 
 Modules, one job each: ``binaries`` (the Go builds), ``pki`` (certificates), ``procs`` (process helpers),
-``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``.
+``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``;
+``prometheus`` and ``adapter`` (Prometheus and prometheus-adapter, started by test fixtures).
 
 CLI: ``python -m e2e.cluster build|up|down|status|env``.
 """
