@@ -33,7 +33,11 @@ def _config(chart, *sets: str) -> dict:
 def _expand(query: str, series: str, namespace: str, pods: list[str], group_by: str = "pod") -> str:
     """The adapter's query for ``/namespaces/NS/pods/*/METRIC`` (its template: ``<<.Series>>`` ...)."""
     matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
-    return query.replace("<<.Series>>", series).replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", group_by)
+    return (
+        query.replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", matchers)
+        .replace("<<.GroupBy>>", group_by)
+    )
 
 
 def test_rules_serve_exactly_the_hpa_metric_names(chart) -> None:
@@ -42,13 +46,22 @@ def test_rules_serve_exactly_the_hpa_metric_names(chart) -> None:
     assert rules[QPS_METRIC]["seriesQuery"].startswith("paddle_runtime_requests_total{")
     assert rules[GPU_METRIC]["seriesQuery"].startswith("paddle_runtime_gpu_utilization_percent{")
     for rule in rules.values():
-        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        assert rule["resources"]["overrides"] == {
+            "namespace": {"resource": "namespace"},
+            "pod": {"resource": "pod"},
+        }
         assert "<<.GroupBy>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
 
 
 def test_resource_rules_are_rendered_only_when_asked_with_the_rate_window(chart) -> None:
     assert "resourceRules" not in _config(chart)
-    cfg = _config(chart, "--set", "prometheusAdapter.rules.resource=true", "--set", "prometheusAdapter.rules.rateWindow=20s")
+    cfg = _config(
+        chart,
+        "--set",
+        "prometheusAdapter.rules.resource=true",
+        "--set",
+        "prometheusAdapter.rules.rateWindow=20s",
+    )
     res = cfg["resourceRules"]
     assert res["window"] == "20s"
     assert "container_cpu_usage_seconds_total{" in res["cpu"]["containerQuery"]
@@ -75,7 +88,13 @@ def test_adapter_rules_have_one_source() -> None:
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) not installed")
 def test_rules_give_per_pod_values_in_promtool(chart, tmp_path: Path) -> None:
-    cfg = _config(chart, "--set", "prometheusAdapter.rules.resource=true", "--set", "prometheusAdapter.rules.rateWindow=1m")
+    cfg = _config(
+        chart,
+        "--set",
+        "prometheusAdapter.rules.resource=true",
+        "--set",
+        "prometheusAdapter.rules.rateWindow=1m",
+    )
     rules = {r["name"]["as"]: r for r in cfg["rules"]}
     ns, pods = "ml", ["rec-a", "rec-b"]
     scrape = 'job="paddle-runtime",namespace="{ns}",service="rec",track="stable",pod="{pod}"'
@@ -90,9 +109,9 @@ def test_rules_give_per_pod_values_in_promtool(chart, tmp_path: Path) -> None:
         (f'paddle_runtime_gpu_utilization_percent{{{scrape.format(ns=ns, pod="rec-a")},gpu="0"}}', "80x300"),
         (f'paddle_runtime_gpu_utilization_percent{{{scrape.format(ns=ns, pod="rec-a")},gpu="1"}}', "40x300"),
         (f'paddle_runtime_gpu_utilization_percent{{{scrape.format(ns=ns, pod="rec-b")},gpu="0"}}', "10x300"),
-        # The kubelet's /metrics/resource: pod a's runtime container uses 0.25 cores, its sidecar 0.05.
+        # The kubelet's /metrics/resource: pod a's runtime container uses 0.25 cores, its sidecar 0.125 (exact in binary floating point).
         (f'container_cpu_usage_seconds_total{{job="kubelet-resource",node="n1",namespace="{ns}",pod="rec-a",container="runtime"}}', "0+0.25x300"),
-        (f'container_cpu_usage_seconds_total{{job="kubelet-resource",node="n1",namespace="{ns}",pod="rec-a",container="model-sync"}}', "0+0.05x300"),
+        (f'container_cpu_usage_seconds_total{{job="kubelet-resource",node="n1",namespace="{ns}",pod="rec-a",container="model-sync"}}', "0+0.125x300"),
     ]  # fmt: skip
     tests = [
         {
@@ -100,21 +119,33 @@ def test_rules_give_per_pod_values_in_promtool(chart, tmp_path: Path) -> None:
             "input_series": [{"series": s, "values": v} for s, v in series],
             "promql_expr_test": [
                 {
-                    "expr": _expand(rules[QPS_METRIC]["metricsQuery"], "paddle_runtime_requests_total", ns, pods),
+                    "expr": _expand(
+                        rules[QPS_METRIC]["metricsQuery"], "paddle_runtime_requests_total", ns, pods
+                    ),
                     "eval_time": "2m",
-                    "exp_samples": [{"labels": '{pod="rec-a"}', "value": 4}, {"labels": '{pod="rec-b"}', "value": 2}],
+                    "exp_samples": [
+                        {"labels": '{pod="rec-a"}', "value": 4},
+                        {"labels": '{pod="rec-b"}', "value": 2},
+                    ],
                 },
                 {
-                    "expr": _expand(rules[GPU_METRIC]["metricsQuery"], "paddle_runtime_gpu_utilization_percent", ns, pods),
+                    "expr": _expand(
+                        rules[GPU_METRIC]["metricsQuery"], "paddle_runtime_gpu_utilization_percent", ns, pods
+                    ),
                     "eval_time": "2m",
-                    "exp_samples": [{"labels": '{pod="rec-a"}', "value": 60}, {"labels": '{pod="rec-b"}', "value": 10}],
+                    "exp_samples": [
+                        {"labels": '{pod="rec-a"}', "value": 60},
+                        {"labels": '{pod="rec-b"}', "value": 10},
+                    ],
                 },
                 {
                     # metrics.k8s.io PodMetrics: CPU per container of the pod.
-                    "expr": _expand(cfg["resourceRules"]["cpu"]["containerQuery"], "", ns, ["rec-a"], "pod,container"),
+                    "expr": _expand(
+                        cfg["resourceRules"]["cpu"]["containerQuery"], "", ns, ["rec-a"], "pod,container"
+                    ),
                     "eval_time": "2m",
                     "exp_samples": [
-                        {"labels": '{container="model-sync",pod="rec-a"}', "value": 0.05},
+                        {"labels": '{container="model-sync",pod="rec-a"}', "value": 0.125},
                         {"labels": '{container="runtime",pod="rec-a"}', "value": 0.25},
                     ],
                 },
@@ -123,6 +154,8 @@ def test_rules_give_per_pod_values_in_promtool(chart, tmp_path: Path) -> None:
     ]
     suite = tmp_path / "adapter-rules.test.yaml"
     suite.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1s", "tests": tests}))
-    proc = subprocess.run([PROMTOOL, "test", "rules", str(suite)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PROMTOOL, "test", "rules", str(suite)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
