@@ -87,6 +87,15 @@ def _settled(dep: dict[str, Any] | None, tag: str, model_uri: str | None = None)
     )
 
 
+def _replicas(dep: dict[str, Any] | None) -> int:
+    """The Deployment's desired replicas (set by its HPA when autoscaled)."""
+    return int(((dep or {}).get("spec") or {}).get("replicas") or 0)
+
+
+def _ready(dep: dict[str, Any] | None) -> int:
+    return int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
 def parse_duration(text: str) -> float:
     """``5m`` -> 300.0 (the CRD's duration pattern: s, m, h, d)."""
     m = re.fullmatch(r"(\d+)(s|m|h|d)", text.strip())
@@ -165,7 +174,13 @@ def tick(
     stable_rolled_out = False
     if state.phase == ro.PROMOTING:
         stable_dep = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
-        stable_rolled_out = state.tag == desired and _settled(stable_dep, tag_of(state.tag), uri)
+        # Rolled out means the new tag on all replicas, and at least as many ready as the canary has
+        # now (plan.Shape.stable_min): the traffic the canary carries is about to return to stable.
+        stable_rolled_out = (
+            state.tag == desired
+            and _settled(stable_dep, tag_of(state.tag), uri)
+            and _ready(stable_dep) >= _replicas(canary_dep)
+        )
 
     analysis: ro.Analysis | None = None
     if canary_ready and ro.analysis_due(state, policy, now):
@@ -194,7 +209,7 @@ def tick(
     if model_canary(svc):
         stable_model = spec_model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
         stable_model = stable_model or spec_model_json(svc)
-    shape = drained(mem, shape_of(decision, policy, stable_model), svc.spec.rollout.router.type, now)
+    shape = drained(mem, shape_of(decision, policy, stable_model, _replicas(canary_dep)), svc.spec.rollout.router.type, now)
     # Before the first step the canary is sized for step 1; a restart must not change that.
     mem.shape, mem.state = shape, decision.state
     memory.put(key, mem)
