@@ -487,7 +487,18 @@ def indexed_count(**kwargs: Any) -> int:
     return len(kwargs["pms_index"])
 
 
-def child_event(
+_child_pool: ThreadPoolExecutor | None = None
+
+
+def child_pool() -> ThreadPoolExecutor:
+    """The threads child events are handled in (``child_workers``), apart from kopf's handler threads."""
+    global _child_pool
+    if _child_pool is None:
+        _child_pool = ThreadPoolExecutor(operator_settings().child_workers, thread_name_prefix="child")
+    return _child_pool
+
+
+async def child_event(
     *,
     event: kopf.RawEvent,
     body: kopf.Body,
@@ -496,7 +507,12 @@ def child_event(
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """A managed child changed: restore drift, refresh status from the Deployment/HPA."""
+    """A managed child changed: restore drift, refresh status from the Deployment/HPA.
+
+    Async only to run the work in :func:`child_pool`, not in kopf's handler threads: there, in a burst,
+    a Deployment turning Available waited behind every reconcile still applying children (Ready was
+    written minutes after the Deployment was available).
+    """
     pms_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pms_index"]
     owner = labels.get(LABEL_SERVICE)
     if not owner or namespace is None:
@@ -518,8 +534,11 @@ def child_event(
     if body.get("kind") != "ConfigMap":
         child.pop("data")
     before = _ready(pms_body.get("status"))
+    loop = asyncio.get_running_loop()
     try:
-        restored, _written = rc.on_child_event(kube(), pms_body, event.get("type"), child)
+        restored, _written = await loop.run_in_executor(
+            child_pool(), rc.on_child_event, kube(), pms_body, event.get("type"), child
+        )
     except KubeError as e:
         # Not retried here: the next event of this child, or the owner's next reconcile, repairs it.
         logger.warning("child %s %s/%s: %s", child["kind"], namespace, child["metadata"].get("name"), e)

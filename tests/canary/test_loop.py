@@ -32,7 +32,7 @@ class FakeKube:
     def apply(self, obj):
         return obj
 
-    def apply_all(self, objs):
+    def apply_all(self, objs, read_back=None):
         return [(o, None) for o in objs]
 
     def apply_status(self, namespace, name, status, manager):
