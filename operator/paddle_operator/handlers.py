@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # Exponential retry when the API server fails a reconcile: 10 s, 20 s, 40 s ... capped at 5 minutes.
 BACKOFF_BASE_S = 10
 BACKOFF_MAX_S = 300
+# kopf's wait for the event of its own patch (configure below).
+CONSISTENCY_TIMEOUT_S = 60.0
 
 _settings: OperatorSettings | None = None
 _kube: Kube | None = None
@@ -90,6 +92,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    # After its own patch (the diff base above) kopf waits this long for the patch's watch event before
+    # it trusts an older event again. kopf's 5 s was too short in a burst: events written during the
+    # reconcile (our status) still queued behind it, lacked the diff base, and ran the create
+    # handler a second and third time (2.6 reconciles per resource in a 200-resource burst).
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_S
     ours = operator_settings()
     # Watches: the server ends each one (server_timeout) before the client gives up (client_timeout),
     # so no events are lost at the hand-over; a stream silent past inactivity_timeout (not even a

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # block a worker thread forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
 # Service applies in flight at once (see Kube.__init__).
-SERVICE_APPLIES = 4
+SERVICE_APPLIES = 16
 
 
 class KubeError(Exception):
