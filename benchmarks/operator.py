@@ -408,6 +408,7 @@ def start_operators(env: dict[str, str], out: Path, tracemalloc: bool, noop: boo
         "kopf",
         "run",
         "--standalone",
+        "--quiet",  # kopf's per-handler INFO lines; ours logs kopf at WARNING too
         "--namespace",
         NAMESPACE,
         str(ROOT / "benchmarks" / "noop_operator.py"),
