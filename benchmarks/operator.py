@@ -71,6 +71,12 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, round(q / 100 * (len(s) - 1))))
@@ -304,8 +310,10 @@ def run_phase(
     op = Milestones({b["metadata"]["name"]: expected_children(b) for b in items})
     start_watches(kube, op, control=False)
     burst_start = time.monotonic()
+    cpu0 = {k: cpu_s(pid) for k, pid in rss.pids.items()}
     op_create = create_all(kube, op, [(PMS_PATH.format(ns=NAMESPACE), b) for b in items])
     op_all = wait_done(op, "ready", timeout)
+    cpu = {k: round(cpu_s(pid) - cpu0[k], 1) for k, pid in rss.pids.items()}
     peak = rss.peak(burst_start, time.monotonic())
     steady = steady_rss(rss, settle)
     memory = memreport() if memreport is not None else None
@@ -324,6 +332,8 @@ def run_phase(
         "noop_kopf_rss_mb": steady.get("noop"),
         "operator_peak_rss_mb": peak.get("operator"),
         "noop_kopf_peak_rss_mb": peak.get("noop"),
+        "operator_cpu_s": cpu.get("operator"),  # from the first create to the last Ready
+        "noop_kopf_cpu_s": cpu.get("noop"),
         **({"tracemalloc": memory} if memory is not None else {}),
     }
 
@@ -353,6 +363,11 @@ def table(label: str, phase: dict[str, Any]) -> str:
         if ratio
         else f"RSS steady after the phase: operator {phase['operator_rss_mb']} MB"
     )
+    if phase.get("operator_cpu_s") is not None:
+        rows.append(
+            f"CPU from the first create to the last Ready: operator {phase['operator_cpu_s']} s, "
+            f"no-op kopf operator {phase['noop_kopf_cpu_s']} s"
+        )
     for who, rep in (phase.get("tracemalloc") or {}).items():
         owners = ", ".join(f"{k} {v}" for k, v in list(rep["by_owner_mb"].items())[:8])
         rows.append(
@@ -492,6 +507,7 @@ def soak(kube: Any, cluster: Any, example: dict[str, Any], args: argparse.Namesp
     op, _ = start_operators(cluster.env, out, False, noop=False)
     rss = RssSampler({"operator": op.pid}, period=2.0)
     lat = SoakLatency()
+    cpu_marks: list[tuple[float, float]] = []
     try:
         time.sleep(5)
         m = Milestones({b["metadata"]["name"]: expected_children(b) for b in items})
@@ -526,6 +542,7 @@ def soak(kube: Any, cluster: Any, example: dict[str, Any], args: argparse.Namesp
                 print(f"soak: change of {name} failed: {e}", flush=True)
             changes += 1
             if changes % 60 == 0:
+                cpu_marks.append((time.monotonic() - t0, cpu_s(op.pid)))
                 loads.append((round(time.monotonic() - t0), os.getloadavg()[0]))
                 done = len(lat.done)
                 print(
@@ -559,8 +576,12 @@ def soak(kube: Any, cluster: Any, example: dict[str, Any], args: argparse.Namesp
     for w0 in range(0, int(duration), 300):
         v = [d for t, d in latency if w0 <= t < w0 + 300]
         r = [x for t, x in rss_series if w0 <= t < w0 + 300]
+        c = [x for x in cpu_marks if w0 <= x[0] <= w0 + 300]
         windows.append(
             {
+                "cpu_percent": round(100 * (c[-1][1] - c[0][1]) / (c[-1][0] - c[0][0]), 1)
+                if len(c) > 1
+                else None,
                 "from_min": w0 // 60,
                 "to_min": (w0 + 300) // 60,
                 "changes": len(v),
@@ -604,12 +625,12 @@ def soak_summary(r: dict[str, Any]) -> str:
         f"(max {r['rss_max_after_warmup_mb']} MB)",
         f"change -> status written: p50 {r['latency_p50_s']} s, p99 {r['latency_p99_s']} s; "
         f"error log lines {r['error_lines']}, warnings {r['warning_lines']}",
-        f"{'minutes':<10}{'changes':>8}{'p50 s':>8}{'p99 s':>8}{'RSS MB':>8}",
+        f"{'minutes':<10}{'changes':>8}{'p50 s':>8}{'p99 s':>8}{'RSS MB':>8}{'CPU %':>8}",
     ]
     for w in r["windows"]:
         rows.append(
             f"{w['from_min']:>3}-{w['to_min']:<6}{w['changes']:>8}{w['p50_s']!s:>8}{w['p99_s']!s:>8}"
-            f"{w['rss_mb']!s:>8}"
+            f"{w['rss_mb']!s:>8}{w['cpu_percent']!s:>8}"
         )
     return "\n".join(rows)
 
@@ -629,8 +650,9 @@ a.set_title(f"soak: {r['resources']} resources, one spec change per second; RSS 
 lt, ld = zip(*r["latency_series"])
 b.plot([x / 60 for x in lt], ld, ".", ms=2, alpha=.4, label="each change")
 w = [x for x in r["windows"] if x["p99_s"] is not None]
-b.step([x["from_min"] for x in w], [x["p99_s"] for x in w], where="post", c="r", label="p99 per 5 min")
-b.step([x["from_min"] for x in w], [x["p50_s"] for x in w], where="post", c="k", label="p50 per 5 min")
+xs = [x["from_min"] for x in w] + [w[-1]["to_min"]]
+b.step(xs, [x["p99_s"] for x in w] + [w[-1]["p99_s"]], where="post", c="r", label="p99 per 5 min")
+b.step(xs, [x["p50_s"] for x in w] + [w[-1]["p50_s"]], where="post", c="k", label="p50 per 5 min")
 b.set_yscale("log"); b.set_ylabel("spec change -> status written (s)"); b.set_xlabel("minutes")
 b.legend(); b.grid(alpha=.3)
 fig.tight_layout(); fig.savefig(sys.argv[2], dpi=90)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 # a hung API server or a silent connection must fail the handler, which is retried, rather than
 # block a worker thread forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
-# How many times the read timeout a Service apply gets (see Kube.__init__).
+# Service applies in flight at once, and how many times the read timeout one of them gets (see
+# Kube.__init__): the API server creates Services one at a time.
+SERVICE_APPLIES = 8
 SERVICE_TIMEOUT_FACTOR = 4
 
 
@@ -87,11 +90,12 @@ class Kube:
         self._apply_pool = ThreadPoolExecutor(apply_workers, thread_name_prefix="apply")
         # The API server allocates ClusterIPs one at a time (kube-apiserver 1.34 holds one lock across
         # the IPAddress write: ipallocator.MetaAllocator.AllocateNextService), so a burst of new
-        # Services queues there: at 200-1000 resources created at once many Service applies took over
-        # 30 s, timed out (the server then dropped the half-made Service and leaked its IP until its
-        # repair loop ran) and failed their reconciles into a 10 s backoff. Services get a longer read
-        # timeout; bounding how many are in flight was tried and cost throughput (the rest of a
-        # Service's creation does run in parallel).
+        # Services queues there. Sent all at once (up to one per reconcile thread), they waited past
+        # our 30 s read timeout and then past the API server's own 60 s (HTTP 504); the server dropped
+        # each half-made Service (leaking its IP until its repair loop ran) and the reconcile failed
+        # into a 10 s backoff, 75 of 100 in one run. A few in flight, each with a longer read timeout:
+        # the same throughput, since the server serialises them anyway, and nothing fails.
+        self._services = threading.BoundedSemaphore(SERVICE_APPLIES)
         self._service_timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1] * SERVICE_TIMEOUT_FACTOR)
 
     def request(
@@ -177,6 +181,9 @@ class Kube:
         self, obj: dict[str, Any], read_back: bool = True
     ) -> tuple[dict[str, Any] | None, KubeError | None]:
         try:
+            if obj["kind"] == "Service":
+                with self._services:
+                    return self.apply(obj, read_back=read_back), None
             return self.apply(obj, read_back=read_back), None
         except KubeError as e:
             if e.status in (400, 422):
