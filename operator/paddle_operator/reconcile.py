@@ -88,10 +88,14 @@ def child_key(obj: dict[str, Any]) -> tuple[str, str, str]:
 _pruned_for: dict[tuple[str, str, str], int] = {}
 
 
+def _children_hash(desired: list[dict[str, Any]]) -> int:
+    return hash(frozenset(child_key(c) for c in desired))
+
+
 def prune(kube: Kube, svc: PaddleModelService, desired: list[dict[str, Any]]) -> list[str]:
     """Delete children we own that the plan no longer wants (e.g. the HPA after autoscaling is off)."""
     wanted = {child_key(c) for c in desired}
-    key, wanted_hash = (svc.namespace, svc.name, svc.uid), hash(frozenset(wanted))
+    key, wanted_hash = (svc.namespace, svc.name, svc.uid), _children_hash(desired)
     if _pruned_for.get(key) == wanted_hash:
         return []
     selector = f"{LABEL_SERVICE}={svc.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -157,6 +161,11 @@ _reconciled: dict[tuple[str, str, str], int] = {}
 _deployment_seen: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 
+def reconciled_generation(namespace: str, name: str, uid: str) -> int | None:
+    """The generation whose children a full reconcile in this process applied, if any."""
+    return _reconciled.get((namespace, name, uid))
+
+
 def forget(namespace: str, name: str, uid: str) -> None:
     """Drop per-object memory when the resource is gone."""
     key = (namespace, name, uid)
@@ -195,9 +204,12 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
             elif child["kind"] == "HorizontalPodAutoscaler" and child["metadata"]["name"] == svc.deployment_name:
                 hpa = applied
         # A resource never reconciled before (no status yet) has no children from an older plan:
-        # skipping the prune saves one LIST per managed kind on every create.
+        # skipping the prune saves one LIST per managed kind on every create, and nothing is left to
+        # prune for this set of children until it changes.
         if do_prune and not problems and old_status:
             result.pruned = prune(kube, svc, desired)
+        elif do_prune and not problems:
+            _pruned_for[(svc.namespace, svc.name, svc.uid)] = _children_hash(desired)
         if not problems:
             key = (svc.namespace, svc.name, svc.uid)
             _reconciled[key] = svc.generation

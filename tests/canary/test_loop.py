@@ -204,3 +204,27 @@ def test_writes_the_lagging_body_has_not_caught_up_with_are_not_repeated(kube, l
     index[KEY] = [body(tag="v3", stable="v1", sla=True, generation=4)]
     run_due(loop, index, 1200.0)
     assert len([p for p in kube.patches if "rollout" in p]) == 2
+
+
+class _Log:
+    def info(self, *args):
+        pass
+
+    warning = info
+
+
+def test_a_second_create_of_a_reconciled_generation_does_nothing(kube, monkeypatch):
+    """kopf can take an event written during the first reconcile for a new object (its own patch's
+    event arriving after its consistency timeout, in a burst): that must not apply everything again."""
+    monkeypatch.setattr(handlers.kopf, "info", lambda *a, **k: None)
+    fresh = body()
+    fresh["status"] = {}
+    handlers.pms_reconcile(body=fresh, reason="create", retry=0, logger=_Log())
+    writes = len(kube.patches)
+    assert writes == 1  # the reconcile's status
+    stale = body()  # same uid and generation, status written meanwhile by other writers
+    handlers.pms_reconcile(body=stale, reason="create", retry=0, logger=_Log())
+    assert len(kube.patches) == writes
+    # An update (new generation) or a resume after a restart still reconciles.
+    handlers.pms_reconcile(body=body(generation=4), reason="update", retry=0, logger=_Log())
+    assert len(kube.patches) == writes + 1
