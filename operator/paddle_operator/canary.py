@@ -234,8 +234,10 @@ def tick(
         old_rollout.get(k) != v for k, v in new_rollout.items()
     )
     patch = owned if changed else {}
-    if patch:
+    # The body lags our own writes in a burst: without this, the same patch went out every tick.
+    if patch and memory.written(ROLLOUT_MANAGER, key) != memory.fingerprint(patch):
         kube.apply_status(svc.namespace, svc.name, patch, ROLLOUT_MANAGER)
+        memory.record_written(ROLLOUT_MANAGER, key, patch)
     result.status = patch
     return result
 
@@ -258,6 +260,7 @@ def clear_sla(kube: Kube, body: dict[str, Any]) -> bool:
         return False
     meta = body["metadata"]
     kube.apply_status(meta.get("namespace") or "default", meta["name"], {}, SLA_MANAGER)
+    memory.record_written(SLA_MANAGER, (meta.get("namespace") or "default", meta["name"], meta.get("uid", "")), None)
     return True
 
 
@@ -329,8 +332,14 @@ def evaluate_sla(
         return {}
     # Applied under SLA_MANAGER: SLAMet is this writer's only condition (conditions are a map keyed
     # by type), so the reconcile's conditions are neither read nor written here.
+    figures_now = {"sla": new_sla, "condition": condition}
+    if memory.written(SLA_MANAGER, key) == memory.fingerprint(figures_now):
+        if mem is not None:  # applied already; the watch-fed body has not caught up (a burst)
+            mem.last_sla = now
+        return {}
     patch = {"sla": sla_status, "conditions": merge_conditions(old_status.get("conditions"), [condition], now_iso())}
     kube.apply_status(svc.namespace, svc.name, patch, SLA_MANAGER)
+    memory.record_written(SLA_MANAGER, key, figures_now)
     if mem is None:
         mem = rc.first_sight(kube, svc)
     mem.last_sla = now

@@ -187,7 +187,7 @@ class _NoCanaryKube:
         self.applied.append(obj)
         return obj
 
-    def apply_all(self, objs):
+    def apply_all(self, objs, read_back=None):
         return [(self.apply(o), None) for o in objs]
 
     def apply_status(self, namespace, name, status, manager):
