@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 EXTRAS ?= runtime,operator,dev,signing
-# Upstream binaries (etcd, kube-*, kwok, helm, prometheus) are built once from Go modules into this cache.
+# Upstream binaries (etcd, kube-*, kwok, helm, prometheus; the real node's and prometheus-adapter) are built
+# once from Go modules into this cache.
 export PADDLE_SLA_CACHE ?= $(HOME)/.cache/paddle-sla
 
 .PHONY: setup binaries images system-deps lint test test-unit test-e2e demo cluster-up cluster-down bench ci

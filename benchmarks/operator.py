@@ -71,6 +71,12 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, round(q / 100 * (len(s) - 1))))
@@ -216,14 +222,44 @@ def wait_done(m: Milestones, final: str, timeout: float) -> float:
     return time.monotonic() - t0
 
 
-def settle_rss(pids: list[int], seconds: float) -> list[float]:
-    """Max RSS of each process over a quiet period (after the burst, watches and loops running)."""
-    peak = [0.0] * len(pids)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        peak = [max(p, rss_mb(pid)) for p, pid in zip(peak, pids, strict=True)]
-        time.sleep(0.5)
-    return peak
+class RssSampler:
+    """VmRSS of the operator processes every 0.5 s in a daemon thread, with the time of each sample."""
+
+    def __init__(self, pids: dict[str, int], period: float = 0.5) -> None:
+        self.pids = pids
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, args=(period,), daemon=True).start()
+
+    def _run(self, period: float) -> None:
+        while True:
+            try:
+                sample = {k: rss_mb(pid) for k, pid in self.pids.items()}
+            except (OSError, RuntimeError, StopIteration):
+                return  # a process ended
+            with self._lock:
+                self.samples.append((time.monotonic(), sample))
+            time.sleep(period)
+
+    def window(self, start: float, end: float) -> list[dict[str, float]]:
+        with self._lock:
+            return [s for t, s in self.samples if start <= t <= end]
+
+    def peak(self, start: float, end: float) -> dict[str, float]:
+        w = self.window(start, end)
+        return {k: round(max(s[k] for s in w), 1) for k in self.pids} if w else {}
+
+    def median(self, start: float, end: float) -> dict[str, float]:
+        w = self.window(start, end)
+        return {k: round(statistics.median(s[k] for s in w), 1) for k in self.pids} if w else {}
+
+
+def steady_rss(sampler: RssSampler, settle: float, window: float = 20) -> dict[str, float]:
+    """Median RSS over ``window`` seconds, after ``settle`` seconds of quiet following the burst."""
+    time.sleep(settle)
+    t0 = time.monotonic()
+    time.sleep(window)
+    return sampler.median(t0, time.monotonic())
 
 
 def bodies(example: dict[str, Any], first: int, last: int, scaled: bool) -> list[dict[str, Any]]:
@@ -256,7 +292,12 @@ def expected_children(b: dict[str, Any]) -> int:
 
 
 def run_phase(
-    kube: Any, items: list[dict[str, Any]], op_pid: int, noop_pid: int, timeout: float
+    kube: Any,
+    items: list[dict[str, Any]],
+    rss: RssSampler,
+    timeout: float,
+    settle: float,
+    memreport: Any = None,
 ) -> dict[str, Any]:
     """The control burst, then the operator burst of the same resources; milestones and difference."""
     ctl = Milestones({b["metadata"]["name"]: 1 for b in items})
@@ -268,9 +309,14 @@ def run_phase(
 
     op = Milestones({b["metadata"]["name"]: expected_children(b) for b in items})
     start_watches(kube, op, control=False)
+    burst_start = time.monotonic()
+    cpu0 = {k: cpu_s(pid) for k, pid in rss.pids.items()}
     op_create = create_all(kube, op, [(PMS_PATH.format(ns=NAMESPACE), b) for b in items])
     op_all = wait_done(op, "ready", timeout)
-    rss, noop_rss = settle_rss([op_pid, noop_pid], 20)
+    cpu = {k: round(cpu_s(pid) - cpu0[k], 1) for k, pid in rss.pids.items()}
+    peak = rss.peak(burst_start, time.monotonic())
+    steady = steady_rss(rss, settle)
+    memory = memreport() if memreport is not None else None
     c, o = ctl.stats(("deployment_available",)), op.stats(OP_STAGES)
     ca, orr = c["deployment_available"], o["ready"]
     diff = {
@@ -282,8 +328,13 @@ def run_phase(
         "control": {"create_requests_s": round(ctl_create, 2), "all_available_s": round(ctl_all, 1), **c},
         "operator": {"create_requests_s": round(op_create, 2), "all_ready_s": round(op_all, 1), **o},
         "operator_minus_control": diff,
-        "operator_rss_mb": round(rss, 1),
-        "noop_kopf_rss_mb": round(noop_rss, 1),
+        "operator_rss_mb": steady.get("operator"),
+        "noop_kopf_rss_mb": steady.get("noop"),
+        "operator_peak_rss_mb": peak.get("operator"),
+        "noop_kopf_peak_rss_mb": peak.get("noop"),
+        "operator_cpu_s": cpu.get("operator"),  # from the first create to the last Ready
+        "noop_kopf_cpu_s": cpu.get("noop"),
+        **({"tracemalloc": memory} if memory is not None else {}),
     }
 
 
@@ -304,10 +355,24 @@ def table(label: str, phase: dict[str, Any]) -> str:
     d = phase["operator_minus_control"]
     diff = f"{d['p50_s']} / {d['p99_s']}"
     rows.append(f"{'operator Ready - control Available':<38}{diff:>24}")
+    ratio = phase["operator_rss_mb"] / phase["noop_kopf_rss_mb"] if phase.get("noop_kopf_rss_mb") else None
     rows.append(
-        f"RSS after the phase: operator {phase['operator_rss_mb']} MB, "
-        f"no-op kopf operator on the same resources {phase['noop_kopf_rss_mb']} MB"
+        f"RSS steady after the phase: operator {phase['operator_rss_mb']} MB, no-op kopf operator on the "
+        f"same resources {phase['noop_kopf_rss_mb']} MB ({ratio:.2f}x); peak during the burst "
+        f"{phase['operator_peak_rss_mb']} vs {phase['noop_kopf_peak_rss_mb']} MB"
+        if ratio
+        else f"RSS steady after the phase: operator {phase['operator_rss_mb']} MB"
     )
+    if phase.get("operator_cpu_s") is not None:
+        rows.append(
+            f"CPU from the first create to the last Ready: operator {phase['operator_cpu_s']} s, "
+            f"no-op kopf operator {phase['noop_kopf_cpu_s']} s"
+        )
+    for who, rep in (phase.get("tracemalloc") or {}).items():
+        owners = ", ".join(f"{k} {v}" for k, v in list(rep["by_owner_mb"].items())[:8])
+        rows.append(
+            f"tracemalloc {who}: traced {rep['traced_mb']} MB (peak {rep['traced_peak_mb']}): {owners}"
+        )
     return "\n".join(rows)
 
 
@@ -319,8 +384,12 @@ def save(out: str, args: argparse.Namespace, idle: tuple[float, float], phases: 
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "method": "per phase: a bare-Deployment control burst, then the operator burst of the same "
         "resources, in the same cluster; create requests from 16 threads; milestones timed by watch "
-        "events from the create request; RSS = max VmRSS over 20 s after the burst, "
-        "ours and a no-op kopf operator (benchmarks/noop_operator.py) watching the same resources",
+        "events from the create request; RSS of ours and of a no-op kopf operator (benchmarks/noop_operator.py) "
+        "watching the same resources: steady = median VmRSS over 20 s after --settle quiet seconds "
+        "following the burst, peak = max VmRSS (0.5 s samples) from the operator burst's first create "
+        "to its last Ready",
+        "settle_s": args.settle,
+        "tracemalloc": args.tracemalloc,
         "targets": {"operator_minus_control_p99_s": 0.5, "rss_mb_at_1000": 150},
         "count": args.count,
         "scale_to": args.scale_to,
@@ -333,17 +402,305 @@ def save(out: str, args: argparse.Namespace, idle: tuple[float, float], phases: 
     print(f"wrote {out}", flush=True)
 
 
+def start_operators(env: dict[str, str], out: Path, tracemalloc: bool, noop: bool = True) -> tuple[Any, Any]:
+    """Ours and the no-op kopf operator (the memory baseline), both on NAMESPACE, logs beside ``out``."""
+    wrap = [sys.executable, str(ROOT / "benchmarks" / "memtrace.py")] if tracemalloc else [sys.executable]
+    ours = [
+        *wrap,
+        *([str(out.with_suffix(".operator.mem"))] if tracemalloc else []),
+        "-m",
+        "paddle_operator.cli",
+        "run",
+        "--namespace",
+        NAMESPACE,
+        "--liveness",
+        "",
+    ]
+    noop_cmd = [
+        *wrap,
+        *([str(out.with_suffix(".noop.mem"))] if tracemalloc else []),
+        "-m",
+        "kopf",
+        "run",
+        "--standalone",
+        "--quiet",  # kopf's per-handler INFO lines; ours logs kopf at WARNING too
+        "--namespace",
+        NAMESPACE,
+        str(ROOT / "benchmarks" / "noop_operator.py"),
+    ]
+    for stale in out.parent.glob(out.stem + ".*.mem.*"):  # reports and markers of an earlier run
+        stale.unlink()
+    procs = []
+    runs = [(ours, out.with_suffix(".operator.log"))] + (
+        [(noop_cmd, out.with_suffix(".noop.log"))] if noop else []
+    )
+    for cmd, log in runs:
+        with log.open("wb") as f:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
+    return procs[0], (procs[1] if noop else None)
+
+
+def stop_operators(*procs: Any) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def memory_reports(out: Path, pids: dict[str, int]) -> dict[str, Any]:
+    """SIGUSR1 to each process running under memtrace.py; its newest report, per process."""
+    import signal
+
+    reports: dict[str, Any] = {}
+    for who, pid in pids.items():
+        prefix = out.with_suffix(f".{who}.mem")
+        n = len(list(prefix.parent.glob(prefix.name + ".*.json"))) + 1
+        os.kill(pid, signal.SIGUSR1)
+        path = Path(f"{prefix}.{n}.json")
+        for _ in range(600):
+            if path.exists():
+                break
+            time.sleep(0.5)
+        reports[who] = json.loads(path.read_text()) if path.exists() else {"error": "no report"}
+    return reports
+
+
+def error_lines(log: Path) -> list[str]:
+    """Lines of the operator's log at ERROR or above (and tracebacks)."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+            out.append(line.strip())
+    return out
+
+
+class SoakLatency:
+    """Spec change -> ``status.observedGeneration`` reaching the new generation, per change."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[int, float]] = {}  # name -> (generation, sent at)
+        self.done: list[tuple[float, float]] = []  # (sent at, seconds to status)
+        self.lock = threading.Lock()
+
+    def sent(self, name: str, generation: int, t: float) -> None:
+        with self.lock:
+            self.pending[name] = (generation, t)
+
+    def pms(self, obj: dict[str, Any], t: float) -> None:
+        name = obj["metadata"]["name"]
+        observed = (obj.get("status") or {}).get("observedGeneration")
+        with self.lock:
+            want = self.pending.get(name)
+            if want is not None and observed is not None and int(observed) >= want[0]:
+                del self.pending[name]
+                self.done.append((want[1], t - want[1]))
+
+
+def soak(kube: Any, cluster: Any, example: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """1000 resources, one spec change per second for ``--soak-minutes``; RSS and latency over time."""
+    out = Path(args.out)
+    items = bodies(example, 0, args.count, True) + bodies(example, args.count, args.scale_to, False)
+    log_path = out.with_suffix(".operator.log")
+    op, _ = start_operators(cluster.env, out, False, noop=False)
+    rss = RssSampler({"operator": op.pid}, period=2.0)
+    lat = SoakLatency()
+    cpu_marks: list[tuple[float, float]] = []
+    try:
+        time.sleep(5)
+        m = Milestones({b["metadata"]["name"]: expected_children(b) for b in items})
+        start_watches(kube, m, control=False)
+        create_all(kube, m, [(PMS_PATH.format(ns=NAMESPACE), b) for b in items])
+        ready_s = wait_done(m, "ready", args.timeout)
+        print(f"soak: {m.done('ready')}/{len(items)} Ready after {ready_s:.0f} s", flush=True)
+        threading.Thread(
+            target=watch, args=(kube, PMS_PATH.format(ns=NAMESPACE), lat.pms), daemon=True
+        ).start()
+        time.sleep(2)
+        log_offset = log_path.stat().st_size
+        t0 = time.monotonic()
+        duration = args.soak_minutes * 60
+        names = [b["metadata"]["name"] for b in items]
+        changes = failed = 0
+        loads = []
+        while time.monotonic() - t0 < duration:
+            name = names[changes % len(names)]
+            value = 6 if (changes // len(names)) % 2 == 0 else 5  # 5 is the example's: each change is real
+            sent = time.monotonic()
+            try:
+                got = kube.request(
+                    "PATCH",
+                    PMS_PATH.format(ns=NAMESPACE) + f"/{name}",
+                    body={"spec": {"inference": {"batchTimeoutMs": value}}},
+                    content_type="application/merge-patch+json",
+                )
+                lat.sent(name, int((got or {})["metadata"]["generation"]), sent)
+            except Exception as e:  # noqa: BLE001 - counted, the soak goes on
+                failed += 1
+                print(f"soak: change of {name} failed: {e}", flush=True)
+            changes += 1
+            if changes % 60 == 0:
+                cpu_marks.append((time.monotonic() - t0, cpu_s(op.pid)))
+                loads.append((round(time.monotonic() - t0), os.getloadavg()[0]))
+                done = len(lat.done)
+                print(
+                    f"soak: {changes} changes, {done} reconciled, RSS {rss_mb(op.pid):.0f} MB, "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+            time.sleep(max(0.0, t0 + changes - time.monotonic()))
+        end = time.monotonic()
+        for _ in range(120):  # the last changes
+            if not lat.pending:
+                break
+            time.sleep(0.5)
+        log_text = log_path.read_bytes()[log_offset:].decode("utf-8", "replace")
+    finally:
+        stop_operators(op)
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+    errors = [
+        ln
+        for ln in log_text.splitlines()
+        if " ERROR " in ln or " CRITICAL " in ln or ln.startswith("Traceback")
+    ]
+    warnings = [ln for ln in log_text.splitlines() if " WARNING " in ln]
+    rss_series = [(round(t - t0, 1), s["operator"]) for t, s in rss.samples if t0 - 60 <= t <= end]
+    latency = [(round(t - t0, 2), round(d, 3)) for t, d in sorted(lat.done)]
+    warm = args.soak_warmup * 60
+    after_warmup = rss.median(t0 + warm, t0 + warm + 60)["operator"]
+    last = rss.median(end - 60, end)["operator"]
+    windows = []
+    for w0 in range(0, int(duration), 300):
+        v = [d for t, d in latency if w0 <= t < w0 + 300]
+        r = [x for t, x in rss_series if w0 <= t < w0 + 300]
+        c = [x for x in cpu_marks if w0 <= x[0] <= w0 + 300]
+        windows.append(
+            {
+                "cpu_percent": round(100 * (c[-1][1] - c[0][1]) / (c[-1][0] - c[0][0]), 1)
+                if len(c) > 1
+                else None,
+                "from_min": w0 // 60,
+                "to_min": (w0 + 300) // 60,
+                "changes": len(v),
+                "p50_s": round(statistics.median(v), 3) if v else None,
+                "p99_s": round(percentile(v, 99), 3) if v else None,
+                "rss_mb": round(statistics.median(r), 1) if r else None,
+            }
+        )
+    return {
+        "resources": len(items),
+        "ready_after_burst_s": round(ready_s, 1),
+        "minutes": args.soak_minutes,
+        "warmup_minutes": args.soak_warmup,
+        "changes": changes,
+        "changes_failed": failed,
+        "changes_not_reconciled": len(lat.pending),
+        "rss_after_warmup_mb": after_warmup,
+        "rss_last_minute_mb": last,
+        "rss_growth_after_warmup": round(last / after_warmup - 1, 4),
+        "rss_max_after_warmup_mb": max((x for t, x in rss_series if t >= warm), default=None),
+        "latency_p50_s": round(statistics.median([d for _, d in latency]), 3) if latency else None,
+        "latency_p99_s": round(percentile([d for _, d in latency], 99), 3) if latency else None,
+        "windows": windows,
+        "error_lines": len(errors),
+        "error_examples": errors[:5],
+        "warning_lines": len(warnings),
+        "warning_examples": warnings[:5],
+        "load_avg_per_minute": loads,
+        "rss_series": rss_series,
+        "latency_series": latency,
+    }
+
+
+def soak_summary(r: dict[str, Any]) -> str:
+    """The soak's figures as text."""
+    rows = [
+        f"soak: {r['resources']} resources, {r['changes']} spec changes in {r['minutes']} min "
+        f"({r['changes_failed']} failed, {r['changes_not_reconciled']} not reconciled at the end)",
+        f"RSS after {r['warmup_minutes']} min warm-up {r['rss_after_warmup_mb']} MB, last minute "
+        f"{r['rss_last_minute_mb']} MB: growth {100 * r['rss_growth_after_warmup']:+.1f} % "
+        f"(max {r['rss_max_after_warmup_mb']} MB)",
+        f"change -> status written: p50 {r['latency_p50_s']} s, p99 {r['latency_p99_s']} s; "
+        f"error log lines {r['error_lines']}, warnings {r['warning_lines']}",
+        f"{'minutes':<10}{'changes':>8}{'p50 s':>8}{'p99 s':>8}{'RSS MB':>8}{'CPU %':>8}",
+    ]
+    for w in r["windows"]:
+        rows.append(
+            f"{w['from_min']:>3}-{w['to_min']:<6}{w['changes']:>8}{w['p50_s']!s:>8}{w['p99_s']!s:>8}"
+            f"{w['rss_mb']!s:>8}{w['cpu_percent']!s:>8}"
+        )
+    return "\n".join(rows)
+
+
+SOAK_PLOT = r"""
+import json, sys
+import matplotlib; matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+r = json.load(open(sys.argv[1]))["soak"]
+fig, (a, b) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+t, rss = zip(*r["rss_series"])
+a.plot([x / 60 for x in t], rss, lw=1)
+a.axvline(r["warmup_minutes"], ls="--", c="gray", label="end of warm-up")
+a.set_ylabel("operator RSS (MB)"); a.set_ylim(bottom=0); a.legend(); a.grid(alpha=.3)
+a.set_title(f"soak: {r['resources']} resources, one spec change per second; RSS growth after warm-up "
+            f"{100 * r['rss_growth_after_warmup']:+.1f} %")
+lt, ld = zip(*r["latency_series"])
+b.plot([x / 60 for x in lt], ld, ".", ms=2, alpha=.4, label="each change")
+w = [x for x in r["windows"] if x["p99_s"] is not None]
+xs = [x["from_min"] for x in w] + [w[-1]["to_min"]]
+b.step(xs, [x["p99_s"] for x in w] + [w[-1]["p99_s"]], where="post", c="r", label="p99 per 5 min")
+b.step(xs, [x["p50_s"] for x in w] + [w[-1]["p50_s"]], where="post", c="k", label="p50 per 5 min")
+b.set_yscale("log"); b.set_ylabel("spec change -> status written (s)"); b.set_xlabel("minutes")
+b.legend(); b.grid(alpha=.3)
+fig.tight_layout(); fig.savefig(sys.argv[2], dpi=90)
+"""
+
+
+def plot_soak(result: Path, png: Path) -> None:
+    """The soak plot, drawn with matplotlib from the benchmarks' own venv (as serving.py does)."""
+    venv = Path(os.environ.get("PADDLE_SLA_CACHE", Path.home() / ".cache" / "paddle-sla")) / "bench-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if subprocess.run([str(py), "-c", "import matplotlib"], capture_output=True).returncode:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "matplotlib"], check=True)
+    subprocess.run([str(py), "-c", SOAK_PLOT, str(result), str(png)], check=True)
+    print(f"wrote {png}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 then 100 (results/operator-quick.json)")
     ap.add_argument("--count", type=int, default=None, help="phase A size (100; 20 with --quick)")
     ap.add_argument("--scale-to", type=int, default=None, help="phase B total (1000; 100 with --quick)")
     ap.add_argument("--timeout", type=float, default=900, help="how long a burst may take to converge")
+    ap.add_argument("--settle", type=float, default=40, help="quiet seconds before the steady RSS is taken")
+    ap.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run both operators under memtrace.py and report who holds the memory (slow; RSS "
+        "figures then include tracemalloc's own)",
+    )
+    ap.add_argument(
+        "--soak",
+        action="store_true",
+        help="soak instead: --scale-to resources, one spec change per second for --soak-minutes "
+        "(results/operator-soak.{json,png})",
+    )
+    ap.add_argument("--soak-minutes", type=float, default=30)
+    ap.add_argument("--soak-warmup", type=float, default=5, help="minutes before RSS growth is counted")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.count = args.count or (20 if args.quick else 100)
     args.scale_to = args.scale_to or (100 if args.quick else 1000)
     name = "operator-quick.json" if args.quick else "operator.json"
+    if args.soak:
+        name = "operator-soak.json"
+    if args.tracemalloc:
+        name = name.replace(".json", "-tracemalloc.json")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / name)
 
     from paddle_operator.kube import Kube, load_api_client
@@ -369,62 +726,59 @@ def main() -> int:
             cluster.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=300)
             cluster.kubectl("create", "namespace", ns)
         time.sleep(2)  # default ServiceAccount
+        if args.soak:
+            result = {
+                "benchmark": "operator-soak",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "method": "N PaddleModelServices created at once (the first --count autoscaled with a kwok "
+                "pod, the rest replicas 0), then one merge patch of spec.inference.batchTimeoutMs per second "
+                "(round robin, 5 <-> 6: a ConfigMap change); latency = patch sent -> status.observedGeneration "
+                "of the new generation seen by a watch; RSS (VmRSS) every 2 s",
+                "soak": soak(kube, cluster, example, args),
+            }
+            result["machine"]["load_avg_end"] = os.getloadavg()
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(soak_summary(result["soak"]), flush=True)
+            plot_soak(Path(args.out), Path(args.out).with_suffix(".png"))
+            return 0
         log_path = Path(args.out).with_suffix(".operator.log")
-        log = log_path.open("wb")
-        op = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("paddle-operator")),
-                "run",
-                "--namespace",
-                NAMESPACE,
-                "--liveness",
-                "",
-            ],
-            env=cluster.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        # The memory baseline, beside ours on the same resources (benchmarks/noop_operator.py).
-        noop_log = Path(args.out).with_suffix(".noop.log").open("wb")
-        noop = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kopf",
-                "run",
-                "--standalone",
-                "--namespace",
-                NAMESPACE,
-                str(ROOT / "benchmarks" / "noop_operator.py"),
-            ],
-            env=cluster.env,
-            stdout=noop_log,
-            stderr=subprocess.STDOUT,
+        op, noop = start_operators(cluster.env, Path(args.out), args.tracemalloc)
+        rss = RssSampler({"operator": op.pid, "noop": noop.pid})
+        memreport = (
+            (lambda: memory_reports(Path(args.out), {"operator": op.pid, "noop": noop.pid}))
+            if args.tracemalloc
+            else None
         )
         phases: dict[str, Any] = {}
         try:
+            if args.tracemalloc:  # imports are slow under tracing; memtrace.py says when it traces
+                for who in ("operator", "noop"):
+                    started = Path(args.out).with_suffix(f".{who}.mem.started")
+                    while not started.exists():
+                        time.sleep(1)
             time.sleep(5)  # operator start-up (watches established)
             idle_rss, noop_idle = rss_mb(op.pid), rss_mb(noop.pid)
             phases[f"at_{args.count}"] = run_phase(
-                kube, bodies(example, 0, args.count, True), op.pid, noop.pid, args.timeout
+                kube, bodies(example, 0, args.count, True), rss, args.timeout, args.settle, memreport
             )
             print(table(f"at {args.count}", phases[f"at_{args.count}"]), flush=True)
             save(args.out, args, (idle_rss, noop_idle), phases)
-            extra = bodies(example, args.count, args.scale_to, False)
-            phases[f"at_{args.scale_to}"] = run_phase(kube, extra, op.pid, noop.pid, args.timeout)
-            print(table(f"at {args.scale_to} ({len(extra)} more)", phases[f"at_{args.scale_to}"]), flush=True)
-            save(args.out, args, (idle_rss, noop_idle), phases)
+            if args.scale_to > args.count:
+                extra = bodies(example, args.count, args.scale_to, False)
+                phases[f"at_{args.scale_to}"] = run_phase(
+                    kube, extra, rss, args.timeout, args.settle, memreport
+                )
+                print(
+                    table(f"at {args.scale_to} ({len(extra)} more)", phases[f"at_{args.scale_to}"]),
+                    flush=True,
+                )
+                save(args.out, args, (idle_rss, noop_idle), phases)
+            errors = error_lines(log_path)
+            if errors:
+                print(f"operator log: {len(errors)} error line(s), first: {errors[0]}", flush=True)
         finally:
-            for p in (op, noop):
-                p.terminate()
-            noop.wait(20)
-            noop_log.close()
-            op.terminate()
-            try:
-                op.wait(20)
-            except subprocess.TimeoutExpired:
-                op.kill()
-            log.close()
+            stop_operators(op, noop)
             for ns in (NAMESPACE, CONTROL_NS):
                 cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     return 0

@@ -37,13 +37,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _real_node = False
+# The node's images as built (or found) at collection: the cluster takes these, so it does not wait
+# on the image lock a second time while other sessions build theirs.
+_images: list | None = None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing binaries (and, for real pods, images) before any test starts: a cold build
     outlasts any per-test timeout. The session cluster gets a real node only when a selected test
     is marked ``realnode``; Argo CD is built when a selected test is marked ``argocd``."""
-    global _build_error, _real_node
+    global _build_error, _real_node, _images
     if session.config.option.collectonly or not any(i.get_closest_marker("e2e") for i in session.items):
         return
     _real_node = any(i.get_closest_marker("realnode") for i in session.items)
@@ -57,7 +60,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if not harness.binaries_ready(groups=groups):
             harness.build(groups=groups)
         if _real_node:
-            harness.node_images(harness._stderr_log)
+            _images = harness.node_images(harness._stderr_log)
     except Exception as exc:  # reported by the `cluster` fixture, so unit tests in the same run still run
         _build_error = exc
 
@@ -66,7 +69,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def cluster() -> Iterator[harness.Cluster]:
     if _build_error is not None:
         pytest.fail(f"building the e2e binaries failed: {_build_error}", pytrace=False)
-    with harness.open_cluster(real_node=_real_node) as c:
+    with harness.open_cluster(real_node=_real_node, images=_images) as c:
         yield c
 
 

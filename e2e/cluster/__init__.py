@@ -11,7 +11,7 @@ kind cluster, for machines with Docker), or ``E2E_KUBECONFIG=path`` (an existing
 
 Modules, one job each: ``binaries`` (the Go builds), ``pki`` (certificates), ``procs`` (process helpers),
 ``control`` (the control plane), ``node`` (the real node), ``handle`` (what tests get), ``cli``,
-``gocrds`` (upstream CRDs); ``prometheus``, ``gateway`` (Traefik, the Gateway API router) and ``argocd``
+``gocrds`` (upstream CRDs); ``prometheus``, ``adapter`` (prometheus-adapter), ``gateway`` (Traefik, the Gateway API router) and ``argocd``
 (Argo CD out of cluster) are started by tests that need them.
 
 CLI: ``python -m e2e.cluster build|up|down|status|env``.

@@ -28,9 +28,11 @@ class Target:
     module_dir: str
     module: str
     package: str
-    # "control": the control plane and the tools every e2e run needs; "node": the real node's
-    # container runtime and kubelet, built only when a run needs a real node; "gateway": the
-    # Gateway API router, built only when a selected test uses it (the longest single build).
+    # "control": the control plane and the tools every e2e run needs; "node": what runs only beside
+    # a real node (its container runtime and kubelet; prometheus-adapter, which the API server
+    # reaches on the node link's host address), built only when a run needs a real node;
+    # "gateway": the Gateway API router, built only when a selected test uses it (the longest
+    # single build); "argocd": built only when a selected test is marked ``argocd``.
     group: str = "control"
     # Go build tags, e.g. Prometheus's ``remove_all_sd,enable_kubernetes_sd``.
     tags: str = ""
@@ -105,6 +107,15 @@ TARGETS: tuple[Target, ...] = (
         "github.com/argoproj/argo-cd/v3/cmd",
         "argocd",
         files=("manifests/core-install.yaml",),
+    ),
+    # The custom (and resource) metrics API the HPAs read, served from the e2e Prometheus
+    # (e2e/cluster/adapter.py). Upstream builds it with a plain `go build`: no version -X flags.
+    Target(
+        "prometheus-adapter",
+        "prometheus-adapter",
+        "sigs.k8s.io/prometheus-adapter",
+        "sigs.k8s.io/prometheus-adapter/cmd/adapter",
+        "node",
     ),
 )
 CONTROL: tuple[str, ...] = ("control",)
@@ -290,7 +301,7 @@ def _version_ldflags(target: Target) -> list[str]:
             f"-X {pkg}.gitTreeState=clean",
             f"-X {pkg}.kubectlVersion={kubectl}",
         ]
-    return []  # etcd and kwok carry their versions in source
+    return []  # etcd and kwok carry their versions in source; prometheus-adapter sets none upstream
 
 
 def _read_stamp(directory: Path) -> dict[str, dict[str, str]]:

@@ -258,6 +258,9 @@ class LocalCluster:
                     "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                     f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
                     f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                    # Aggregated APIs (prometheus-adapter, adapter.py) are reached at their Endpoints'
+                    # address, not through a ClusterIP: the API server runs outside the node's network.
+                    "--enable-aggregator-routing=true",
                     "--profiling=false",
                     "--v=1",
                 ],

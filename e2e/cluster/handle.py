@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +143,12 @@ def node_images(log: Callable[[str], None]) -> list[tuple[Path, str]]:
 
 
 @contextlib.contextmanager
-def _local_cluster(log: Callable[[str], None], real_node: bool = False) -> Iterator[Cluster]:
+def _local_cluster(
+    log: Callable[[str], None], real_node: bool = False, images: Sequence[tuple[Path, str]] | None = None
+) -> Iterator[Cluster]:
     bins = build(log=log, groups=WITH_NODE if real_node else CONTROL)
-    images = node_images(log) if real_node else []
+    if images is None:
+        images = node_images(log) if real_node else []
     keep = os.environ.get("E2E_KEEP_STATE") == "1"
     _sweep_stale_sessions(log)
     state = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX))
@@ -202,10 +205,15 @@ def _kind_cluster(log: Callable[[str], None]) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def open_cluster(log: Callable[[str], None] = _stderr_log, real_node: bool = False) -> Iterator[Cluster]:
+def open_cluster(
+    log: Callable[[str], None] = _stderr_log,
+    real_node: bool = False,
+    images: Sequence[tuple[Path, str]] | None = None,
+) -> Iterator[Cluster]:
     """The cluster the e2e suite runs against, chosen by environment (see the module docstring).
 
     ``real_node``: the local cluster also gets a real node (containerd + kubelet) for real pods.
+    ``images``: the node's images when the caller has them already (else built or found here).
     """
     _install_sigterm_handler()
     existing = os.environ.get("E2E_KUBECONFIG")
@@ -217,7 +225,7 @@ def open_cluster(log: Callable[[str], None] = _stderr_log, real_node: bool = Fal
         with _kind_cluster(log) as c:
             yield c
     elif mode == "local":
-        with _local_cluster(log, real_node=real_node) as c:
+        with _local_cluster(log, real_node=real_node, images=images) as c:
             yield c
     else:
         raise ValueError(f"E2E_CLUSTER={mode!r}: expected 'local' or 'kind'")

@@ -6,7 +6,8 @@ and leaves the cloud ones out.
 It loads the scrape config users are given (``deploy/prometheus/scrape-config.yaml``: pod role,
 the relabelling to ``namespace``/``service``/``track``/``pod``), with only the scrape interval
 shortened and a kubeconfig added so discovery works from outside the cluster. Its identity is a
-ServiceAccount token with read access to pods, endpoints and services, nothing else.
+ServiceAccount token with read access to pods, endpoints, services and nodes, and get on
+nodes/metrics for the kubelets' /metrics/resource (the CPU path of prometheus-adapter), nothing else.
 
 It listens on the host end of the real node's link when there is one (pods, e.g. the operator or
 prometheus-adapter, reach it there), else on loopback. Pod addresses are routed into the node's
@@ -15,6 +16,7 @@ network namespace, so scrapes never leave the machine.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -52,6 +54,8 @@ _RBAC = [
                 "verbs": ["get", "list", "watch"],
             },
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+            # The kubelet-resource job: kubelets authorise /metrics/* as get on nodes/metrics.
+            {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
         ],
     },
     {
@@ -64,14 +68,36 @@ _RBAC = [
 ]
 
 
+# Files a Prometheus pod reads from its ServiceAccount mount; out of cluster, the same token and CA.
+_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount/"
+
+
 def scrape_configs(kubeconfig: Path, interval: str) -> list[dict[str, Any]]:
-    """The users' scrape config with discovery through ``kubeconfig`` and ``interval`` set."""
+    """The users' scrape config with discovery through ``kubeconfig`` and ``interval`` set.
+
+    Jobs that authenticate with the pod's ServiceAccount files (the kubelet scrape) get the token
+    and CA written beside ``kubeconfig`` instead, and skip kwok's fake nodes (no kubelet behind them).
+    """
     configs = yaml.safe_load(SCRAPE_CONFIG.read_text())["scrape_configs"]
     for job in configs:
         job["scrape_interval"] = interval
         job["scrape_timeout"] = interval
         for sd in job.get("kubernetes_sd_configs", []):
             sd["kubeconfig_file"] = str(kubeconfig)
+        tls, auth = job.get("tls_config", {}), job.get("authorization", {})
+        if tls.get("ca_file", "").startswith(_SA_DIR):
+            tls["ca_file"] = str(kubeconfig.with_name("ca.crt"))
+        if auth.get("credentials_file", "").startswith(_SA_DIR):
+            auth["credentials_file"] = str(kubeconfig.with_name("token"))
+        if any(sd.get("role") == "node" for sd in job.get("kubernetes_sd_configs", [])):
+            job.setdefault("relabel_configs", []).insert(
+                0,
+                {
+                    "source_labels": ["__meta_kubernetes_node_annotation_kwok_x_k8s_io_node"],
+                    "regex": "fake",
+                    "action": "drop",
+                },
+            )
     return configs
 
 
@@ -114,6 +140,10 @@ class Prometheus:
         path = self.workdir / "kubeconfig"
         path.write_text(yaml.safe_dump(doc))
         path.chmod(0o600)
+        # What a Prometheus pod finds in its ServiceAccount mount (the kubelet-resource job).
+        (self.workdir / "token").write_text(token)
+        (self.workdir / "token").chmod(0o600)
+        (self.workdir / "ca.crt").write_text(base64.b64decode(server["certificate-authority-data"]).decode())
         return path
 
     def config(self, kubeconfig: Path) -> dict[str, Any]:

@@ -1,15 +1,22 @@
-"""Fixtures for tests on the real node: pod-spec pieces that put a pod there, run as the images do."""
+"""Fixtures for tests on the real node: pod-spec pieces that put a pod there, run as the images do,
+and prometheus-adapter serving the custom and resource metrics APIs from the session's Prometheus."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from e2e.cluster import Cluster
+from e2e.cluster.adapter import Adapter, start_adapter
+from e2e.cluster.prometheus import Prometheus
+
+# The adapter's rate window (chart value prometheusAdapter.rules.rateWindow): 20 scrapes at the e2e
+# Prometheus's 1 s interval, short so the HPA sees load arrive and leave within seconds.
+ADAPTER_RATE_WINDOW_S = 20
 
 # The Pod Security "restricted" container settings every pod of ours meets.
 RESTRICTED = {
@@ -50,3 +57,17 @@ def image_ref(cluster: Cluster, name: str) -> str:
     refs = [ref for _, ref in cluster.local.node_images if f"/{name}:" in ref]
     assert refs, f"no {name} image among {cluster.local.node_images}"
     return refs[0]
+
+
+@pytest.fixture(scope="session")
+def adapter(
+    cluster: Cluster, real_node: str, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Adapter]:
+    """prometheus-adapter with the chart's rules (resource rules on: the CPU path), started on first use."""
+    a = start_adapter(
+        cluster, prometheus.url, tmp_path_factory.mktemp("adapter"), rate_window=f"{ADAPTER_RATE_WINDOW_S}s"
+    )
+    try:
+        yield a
+    finally:
+        a.stop()

@@ -87,6 +87,15 @@ def _settled(dep: dict[str, Any] | None, tag: str, model_uri: str | None = None)
     )
 
 
+def _replicas(dep: dict[str, Any] | None) -> int:
+    """The Deployment's desired replicas (set by its HPA when autoscaled)."""
+    return int(((dep or {}).get("spec") or {}).get("replicas") or 0)
+
+
+def _ready(dep: dict[str, Any] | None) -> int:
+    return int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
 def parse_duration(text: str) -> float:
     """``5m`` -> 300.0 (the CRD's duration pattern: s, m, h, d)."""
     m = re.fullmatch(r"(\d+)(s|m|h|d)", text.strip())
@@ -165,7 +174,13 @@ def tick(
     stable_rolled_out = False
     if state.phase == ro.PROMOTING:
         stable_dep = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
-        stable_rolled_out = state.tag == desired and _settled(stable_dep, tag_of(state.tag), uri)
+        # Rolled out means the new tag on all replicas, and at least as many ready as the canary has
+        # now (plan.Shape.stable_min): the traffic the canary carries is about to return to stable.
+        stable_rolled_out = (
+            state.tag == desired
+            and _settled(stable_dep, tag_of(state.tag), uri)
+            and _ready(stable_dep) >= _replicas(canary_dep)
+        )
 
     analysis: ro.Analysis | None = None
     if canary_ready and ro.analysis_due(state, policy, now):
@@ -194,7 +209,7 @@ def tick(
     if model_canary(svc):
         stable_model = spec_model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
         stable_model = stable_model or spec_model_json(svc)
-    shape = drained(mem, shape_of(decision, policy, stable_model), svc.spec.rollout.router.type, now)
+    shape = drained(mem, shape_of(decision, policy, stable_model, _replicas(canary_dep)), svc.spec.rollout.router.type, now)
     # Before the first step the canary is sized for step 1; a restart must not change that.
     mem.shape, mem.state = shape, decision.state
     memory.put(key, mem)
@@ -219,8 +234,10 @@ def tick(
         old_rollout.get(k) != v for k, v in new_rollout.items()
     )
     patch = owned if changed else {}
-    if patch:
+    # The body lags our own writes in a burst: without this, the same patch went out every tick.
+    if patch and memory.written(ROLLOUT_MANAGER, key) != memory.fingerprint(patch):
         kube.apply_status(svc.namespace, svc.name, patch, ROLLOUT_MANAGER)
+        memory.record_written(ROLLOUT_MANAGER, key, patch)
     result.status = patch
     return result
 
@@ -243,6 +260,7 @@ def clear_sla(kube: Kube, body: dict[str, Any]) -> bool:
         return False
     meta = body["metadata"]
     kube.apply_status(meta.get("namespace") or "default", meta["name"], {}, SLA_MANAGER)
+    memory.record_written(SLA_MANAGER, (meta.get("namespace") or "default", meta["name"], meta.get("uid", "")), None)
     return True
 
 
@@ -314,8 +332,14 @@ def evaluate_sla(
         return {}
     # Applied under SLA_MANAGER: SLAMet is this writer's only condition (conditions are a map keyed
     # by type), so the reconcile's conditions are neither read nor written here.
+    figures_now = {"sla": new_sla, "condition": condition}
+    if memory.written(SLA_MANAGER, key) == memory.fingerprint(figures_now):
+        if mem is not None:  # applied already; the watch-fed body has not caught up (a burst)
+            mem.last_sla = now
+        return {}
     patch = {"sla": sla_status, "conditions": merge_conditions(old_status.get("conditions"), [condition], now_iso())}
     kube.apply_status(svc.namespace, svc.name, patch, SLA_MANAGER)
+    memory.record_written(SLA_MANAGER, key, figures_now)
     if mem is None:
         mem = rc.first_sight(kube, svc)
     mem.last_sla = now

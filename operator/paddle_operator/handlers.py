@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # Exponential retry when the API server fails a reconcile: 10 s, 20 s, 40 s ... capped at 5 minutes.
 BACKOFF_BASE_S = 10
 BACKOFF_MAX_S = 300
+# kopf's wait for the event of its own patch (configure below).
+CONSISTENCY_TIMEOUT_S = 60.0
 
 _settings: OperatorSettings | None = None
 _kube: Kube | None = None
@@ -92,6 +94,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    # After its own patch (the diff base above) kopf waits this long for the patch's watch event before
+    # it trusts an older event again. kopf's 5 s was too short in a burst: events written during the
+    # reconcile (our status) still queued behind it, lacked the diff base, and ran the create
+    # handler a second and third time (2.6 reconciles per resource in a 200-resource burst).
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_S
     ours = operator_settings()
     # Watches: the server ends each one (server_timeout) before the client gives up (client_timeout),
     # so no events are lost at the hand-over; a stream silent past inactivity_timeout (not even a
@@ -175,9 +182,18 @@ def pod_failures(
 @kopf.on.resume(GROUP, VERSION, PLURAL, retries=None)
 @kopf.on.create(GROUP, VERSION, PLURAL, retries=None)
 @kopf.on.update(GROUP, VERSION, PLURAL, retries=None)
-def pms_reconcile(*, body: kopf.Body, retry: int, logger: kopf.Logger, **_: Any) -> None:
+def pms_reconcile(*, body: kopf.Body, reason: str, retry: int, logger: kopf.Logger, **_: Any) -> None:
     """The full reconcile; API failures are retried by kopf, blocking problems by the rollout loop."""
     plain = _plain(body)
+    meta = plain["metadata"]
+    if reason == "create" and rc.reconciled_generation(
+        meta.get("namespace") or "default", meta["name"], meta.get("uid", "")
+    ) == meta.get("generation"):
+        # A second "create" of an object this process reconciled already, at this generation: kopf
+        # took an event written during the first reconcile (before its diff-base annotation) for a
+        # new object, because the event of its own patch came later than its consistency timeout (a
+        # burst of 1000). Nothing to do; the first reconcile applied this generation.
+        return
     before = _ready(plain["status"])
     try:
         result = rc.reconcile(kube(), plain)
@@ -509,7 +525,18 @@ def indexed_count(**kwargs: Any) -> int:
     return len(kwargs["pms_index"])
 
 
-def child_event(
+_child_pool: ThreadPoolExecutor | None = None
+
+
+def child_pool() -> ThreadPoolExecutor:
+    """The threads child events are handled in (``child_workers``), apart from kopf's handler threads."""
+    global _child_pool
+    if _child_pool is None:
+        _child_pool = ThreadPoolExecutor(operator_settings().child_workers, thread_name_prefix="child")
+    return _child_pool
+
+
+async def child_event(
     *,
     event: kopf.RawEvent,
     body: kopf.Body,
@@ -518,7 +545,12 @@ def child_event(
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """A managed child changed: restore drift, refresh status from the Deployment/HPA."""
+    """A managed child changed: restore drift, refresh status from the Deployment/HPA.
+
+    Async only to run the work in :func:`child_pool`, not in kopf's handler threads: there, in a burst,
+    a Deployment turning Available waited behind every reconcile still applying children (Ready was
+    written minutes after the Deployment was available).
+    """
     pms_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pms_index"]
     owner = labels.get(LABEL_SERVICE)
     if not owner or namespace is None:
@@ -540,8 +572,11 @@ def child_event(
     if body.get("kind") != "ConfigMap":
         child.pop("data")
     before = _ready(pms_body.get("status"))
+    loop = asyncio.get_running_loop()
     try:
-        restored, _written = rc.on_child_event(kube(), pms_body, event.get("type"), child)
+        restored, _written = await loop.run_in_executor(
+            child_pool(), rc.on_child_event, kube(), pms_body, event.get("type"), child
+        )
     except KubeError as e:
         # Not retried here: the next event of this child, or the owner's next reconcile, repairs it.
         logger.warning("child %s %s/%s: %s", child["kind"], namespace, child["metadata"].get("name"), e)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 # a hung API server or a silent connection must fail the handler, which is retried, rather than
 # block a worker thread forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
+# Service applies in flight at once, and how many times the read timeout one of them gets (see
+# Kube.__init__): the API server creates Services one at a time.
+SERVICE_APPLIES = 8
+SERVICE_TIMEOUT_FACTOR = 4
 
 
 class KubeError(Exception):
@@ -83,6 +88,15 @@ class Kube:
         self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         # Shared by all reconciles; each submits its few children and waits for them (no nested submits).
         self._apply_pool = ThreadPoolExecutor(apply_workers, thread_name_prefix="apply")
+        # The API server allocates ClusterIPs one at a time (kube-apiserver 1.34 holds one lock across
+        # the IPAddress write: ipallocator.MetaAllocator.AllocateNextService), so a burst of new
+        # Services queues there. Sent all at once (up to one per reconcile thread), they waited past
+        # our 30 s read timeout and then past the API server's own 60 s (HTTP 504); the server dropped
+        # each half-made Service (leaking its IP until its repair loop ran) and the reconcile failed
+        # into a 10 s backoff, 75 of 100 in one run. A few in flight, each with a longer read timeout:
+        # the same throughput, since the server serialises them anyway, and nothing fails.
+        self._services = threading.BoundedSemaphore(SERVICE_APPLIES)
+        self._service_timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1] * SERVICE_TIMEOUT_FACTOR)
 
     def request(
         self,
@@ -93,8 +107,11 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         what: str = "",
+        decode: bool = True,
+        timeout: urllib3.Timeout | None = None,
     ) -> dict[str, Any] | None:
-        """One call; returns the decoded JSON, None for 404 on GET/DELETE, raises KubeError otherwise."""
+        """One call; returns the decoded JSON (None with ``decode=False``: the caller does not read the
+        answer), None for 404 on GET/DELETE, raises KubeError otherwise."""
         cfg = self.api.configuration
         headers = {"Accept": "application/json", "Content-Type": content_type}
         # The client's own auth settings (bearer token, refreshed by its hook); client certificates and
@@ -109,7 +126,7 @@ class Kube:
         what = what or f"{method} {path}"
         try:
             resp = self.api.rest_client.pool_manager.request(
-                method, url, body=data, headers=headers, timeout=self._timeout
+                method, url, body=data, headers=headers, timeout=timeout or self._timeout
             )
         except urllib3.exceptions.HTTPError as e:
             # No answer (API server restarting, connection reset or gone silent): the same retry path as
@@ -122,10 +139,15 @@ class Kube:
             return None
         if resp.status >= 300:
             raise KubeError(resp.status, raw.decode("utf-8", "replace"), what)
-        return json.loads(raw) if raw else None
+        return json.loads(raw) if raw and decode else None
 
-    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
-        """Server-side apply, forcing ownership: a field someone edited by hand is taken back."""
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False, read_back: bool = True) -> dict[str, Any]:
+        """Server-side apply, forcing ownership: a field someone edited by hand is taken back.
+
+        Returns the object as applied; ``{}`` with ``read_back=False``. The answer is the whole object
+        with its managedFields: decoding the ones nobody reads was a good part of the operator's CPU
+        (and its GIL, which kopf's event loop shares) during a burst.
+        """
         meta = obj["metadata"]
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         if dry_run:
@@ -137,20 +159,32 @@ class Kube:
             body=obj,
             content_type="application/apply-patch+yaml",
             what=f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}",
+            decode=read_back,
+            timeout=self._service_timeout if obj["kind"] == "Service" else None,
         )
+        if not read_back:
+            return {}
         assert out is not None
         return out
 
     def apply_all(
-        self, objs: Iterable[dict[str, Any]]
+        self,
+        objs: Iterable[dict[str, Any]],
+        read_back: Callable[[dict[str, Any]], bool] = lambda _obj: True,
     ) -> list[tuple[dict[str, Any] | None, KubeError | None]]:
         """Apply independent objects concurrently, results in order: (applied, None), or (None, error)
-        when the API server rejected the manifest itself (400/422). Other errors are raised."""
-        return list(self._apply_pool.map(self._apply_one, objs))
+        when the API server rejected the manifest itself (400/422). Other errors are raised.
+        ``applied`` is ``{}`` for the objects ``read_back`` declines (their answer is not decoded)."""
+        return list(self._apply_pool.map(lambda o: self._apply_one(o, read_back(o)), objs))
 
-    def _apply_one(self, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, KubeError | None]:
+    def _apply_one(
+        self, obj: dict[str, Any], read_back: bool = True
+    ) -> tuple[dict[str, Any] | None, KubeError | None]:
         try:
-            return self.apply(obj), None
+            if obj["kind"] == "Service":
+                with self._services:
+                    return self.apply(obj, read_back=read_back), None
+            return self.apply(obj, read_back=read_back), None
         except KubeError as e:
             if e.status in (400, 422):
                 return None, e
@@ -173,9 +207,7 @@ class Kube:
             body={"propagationPolicy": "Background"},
         )
 
-    def apply_status(
-        self, namespace: str, name: str, status: dict[str, Any], manager: str
-    ) -> dict[str, Any] | None:
+    def apply_status(self, namespace: str, name: str, status: dict[str, Any], manager: str) -> None:
         """Server-side apply of the PaddleModelService status under ``manager`` (one per writer).
 
         ``status`` is everything this writer owns: a field it applied before and leaves out now is
@@ -190,15 +222,16 @@ class Kube:
             "status": status,
         }
         try:
-            return self.request(
+            # The answer (the whole resource) is not decoded: no writer reads it back.
+            self.request(
                 "PATCH",
                 path,
                 query=[("fieldManager", manager), ("force", "true")],
                 body=body,
                 content_type="application/apply-patch+yaml",
                 what=f"apply status {namespace}/{name} as {manager}",
+                decode=False,
             )
         except KubeError as e:
-            if e.status == 404:  # deleted meanwhile: nothing to report on
-                return None
-            raise
+            if e.status != 404:  # 404: deleted meanwhile, nothing to report on
+                raise

@@ -7,8 +7,10 @@ Keyed by (namespace, name, uid). No I/O.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import rollout as ro
 from .plan import Shape, shape_from_status
@@ -72,13 +74,41 @@ def settled(namespace: str, name: str, uid: str) -> bool:
     return mem is not None and mem.state.phase not in ro.ACTIVE_PHASES and mem.drain_until == 0.0
 
 
+# What a status writer (by field manager) last applied to each resource, as compact JSON. The
+# watch-fed body lags our own writes while kopf is busy with the resource (a burst), so a writer that
+# compared with the body alone applied the same fields again every period.
+_written: dict[tuple[str, Key], str] = {}
+
+
+def fingerprint(fields: dict[str, Any]) -> str:
+    """The compact, order-independent JSON of a status patch (what :func:`written` compares)."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def written(manager: str, k: Key) -> str | None:
+    """The fingerprint of what ``manager`` last applied to the resource in this process, if anything."""
+    return _written.get((manager, k))
+
+
+def record_written(manager: str, k: Key, fields: dict[str, Any] | None) -> None:
+    """Record what ``manager`` applied (None: forget it, e.g. after the writer released its fields)."""
+    with _lock:
+        if fields is None:
+            _written.pop((manager, k), None)
+        else:
+            _written[(manager, k)] = fingerprint(fields)
+
+
 def forget(namespace: str, name: str, uid: str) -> None:
     """Drop the memory of a deleted resource."""
     with _lock:
         _memory.pop((namespace, name, uid), None)
+        for w in [w for w in _written if w[1] == (namespace, name, uid)]:
+            del _written[w]
 
 
 def clear() -> None:
     """Forget everything (tests)."""
     with _lock:
         _memory.clear()
+        _written.clear()

@@ -48,6 +48,9 @@ class Shape:
     routed_weight: int = 0  # % of traffic to the canary now
     sizing_weight: int = 0  # % of traffic the canary is sized for (the next step: ready before it moves)
     stable_model: str = ""  # JSON of the stable track's spec.model with model.update Canary, else ""
+    # While promoting: the canary's replicas. The traffic returns to stable when the canary goes, so
+    # stable is held at that size first (0: no such floor).
+    stable_min: int = 0
 
 
 # With spec.model.update Canary a model change is a new revision too. A revision is the tag, plus
@@ -134,8 +137,11 @@ def _sizing(state: ro.RolloutState, policy: ro.RolloutPolicy) -> int:
     return policy.steps[min(state.step, len(policy.steps) - 1)]
 
 
-def shape_of(decision: ro.Decision, policy: ro.RolloutPolicy, stable_model: str = "") -> Shape:
-    """The shape a rollout decision asks for."""
+def shape_of(
+    decision: ro.Decision, policy: ro.RolloutPolicy, stable_model: str = "", canary_replicas: int = 0
+) -> Shape:
+    """The shape a rollout decision asks for; ``canary_replicas`` is the canary's size now (observed)."""
+    promoting = decision.state.phase == ro.PROMOTING and decision.canary == RUNNING
     return Shape(
         stable_tag=decision.stable_tag,
         stable_deploy_tag=decision.stable_deploy_tag,
@@ -144,6 +150,7 @@ def shape_of(decision: ro.Decision, policy: ro.RolloutPolicy, stable_model: str 
         routed_weight=decision.routed_weight,
         sizing_weight=_sizing(decision.state, policy) if decision.canary == RUNNING else 0,
         stable_model=stable_model,
+        stable_min=canary_replicas if promoting else 0,
     )
 
 
@@ -213,7 +220,8 @@ def build_children(svc: PaddleModelService, observed: Shape) -> list[dict[str, A
             # (the first canary pod gets traffic only once ready, kube-proxy skips unready pods).
             weight = shape.routed_weight or shape.sizing_weight
             split = replica_split(total, weight, replica_floor(svc, total))
-            stable_replicas, canary_replicas = split.stable, split.canary
+            # Promoting: stable (on the new tag) grows to the canary's size before the canary goes.
+            stable_replicas, canary_replicas = max(split.stable, shape.stable_min), split.canary
         else:
             stable_replicas = total
             if canary_on:
@@ -282,11 +290,14 @@ def build_children(svc: PaddleModelService, observed: Shape) -> list[dict[str, A
         assert a is not None
         floor = replica_floor(svc, a.min_replicas)
         stable_b = hpa_bounds(a.min_replicas, a.max_replicas, shape.routed_weight if canary_on else 0, floor)
-        children.append(
-            build_hpa(
-                svc, min_replicas=stable_b[STABLE].min_replicas, max_replicas=stable_b[STABLE].max_replicas
-            )
-        )
+        smin, smax = stable_b[STABLE].min_replicas, stable_b[STABLE].max_replicas
+        if shape.stable_min:
+            # Promoting: at 100 % stable idles at its floor, but all traffic returns to it when the canary
+            # goes. Hold it at the canary's size first, or the canary's capacity vanishes at once and
+            # stable's HPA catches up under full load (KServe #5983: stable scaled down too early).
+            smin = max(smin, min(shape.stable_min, a.max_replicas))
+            smax = max(smax, smin)
+        children.append(build_hpa(svc, min_replicas=smin, max_replicas=smax))
         if canary_on:
             canary_b = hpa_bounds(a.min_replicas, a.max_replicas, max(1, shape.sizing_weight), floor)[CANARY]
             children.append(

@@ -126,9 +126,23 @@ def child_key(obj: dict[str, Any]) -> tuple[str, str, str]:
     return (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
 
 
+# The set of children (child_key) each resource was last pruned against, as a hash: an unwanted
+# child appears only when that set changes (a spec change, a canary starting or ending), or before this
+# process pruned the resource once (after a restart). Otherwise the prune would LIST every owned kind on
+# every reconcile: 8 requests, more than the applies themselves.
+_pruned_for: dict[tuple[str, str, str], int] = {}
+
+
+def _children_hash(desired: list[dict[str, Any]]) -> int:
+    return hash(frozenset(child_key(c) for c in desired))
+
+
 def prune(kube: Kube, svc: PaddleModelService, desired: list[dict[str, Any]]) -> list[str]:
     """Delete children we own that the plan no longer wants (e.g. the HPA after autoscaling is off)."""
     wanted = {child_key(c) for c in desired}
+    key, wanted_hash = (svc.namespace, svc.name, svc.uid), _children_hash(desired)
+    if _pruned_for.get(key) == wanted_hash:
+        return []
     selector = f"{LABEL_SERVICE}={svc.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
     pruned = []
     for k in OWNED:
@@ -137,10 +151,10 @@ def prune(kube: Kube, svc: PaddleModelService, desired: list[dict[str, Any]]) ->
             owners = obj["metadata"].get("ownerReferences") or []
             if not any(o.get("uid") == svc.uid for o in owners):
                 continue  # not ours (another object of the same name, or adopted elsewhere)
-            key = (api_version, kind, obj["metadata"]["name"])
-            if key not in wanted:
-                kube.delete(api_version, kind, svc.namespace, key[2])
-                pruned.append(f"{kind}/{key[2]}")
+            if (api_version, kind, obj["metadata"]["name"]) not in wanted:
+                kube.delete(api_version, kind, svc.namespace, obj["metadata"]["name"])
+                pruned.append(f"{kind}/{obj['metadata']['name']}")
+    _pruned_for[key] = wanted_hash
     return pruned
 
 
@@ -185,10 +199,25 @@ def write_status(
 _reconciled: dict[tuple[str, str, str], int] = {}
 
 
+# The status of the resource's Deployment as last seen by a Deployment event that arrived while a full
+# reconcile was still applying (on_child_event leaves status to that reconcile). When it differs from
+# the Deployment the reconcile applied (it may have become Available meanwhile), the reconcile reads
+# the Deployment again before writing status; otherwise it saves that GET.
+_deployment_seen: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+def reconciled_generation(namespace: str, name: str, uid: str) -> int | None:
+    """The generation whose children a full reconcile in this process applied, if any."""
+    return _reconciled.get((namespace, name, uid))
+
+
 def forget(namespace: str, name: str, uid: str) -> None:
     """Drop per-object memory when the resource is gone."""
-    _last_written.pop((namespace, name, uid), None)
-    _reconciled.pop((namespace, name, uid), None)
+    key = (namespace, name, uid)
+    _last_written.pop(key, None)
+    _reconciled.pop(key, None)
+    _pruned_for.pop(key, None)
+    _deployment_seen.pop(key, None)
 
 
 def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Result:
@@ -204,7 +233,12 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
         # The children are independent objects: apply them concurrently, so a reconcile waits for one
         # API round trip instead of one per child. Results come back in plan order; any other error
         # is raised as before (kopf retries the whole reconcile).
-        for child, (applied, rejected) in zip(desired, kube.apply_all(desired), strict=True):
+        def read_back(child: dict[str, Any]) -> bool:  # status is computed from these two only
+            return child["kind"] in ("Deployment", "HorizontalPodAutoscaler") and (
+                child["metadata"]["name"] == svc.deployment_name
+            )
+
+        for child, (applied, rejected) in zip(desired, kube.apply_all(desired, read_back), strict=True):
             if rejected is not None:
                 # The API server refused a manifest built from this spec (e.g. a bad passthrough
                 # toleration): a spec problem, reported, not retried fast.
@@ -216,14 +250,20 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
             elif child["kind"] == "HorizontalPodAutoscaler" and child["metadata"]["name"] == svc.deployment_name:
                 hpa = applied
         # A resource never reconciled before (no status yet) has no children from an older plan:
-        # skipping the prune saves one LIST per managed kind on every create.
+        # skipping the prune saves one LIST per managed kind on every create, and nothing is left to
+        # prune for this set of children until it changes.
         if do_prune and not problems and old_status:
             result.pruned = prune(kube, svc, desired)
+        elif do_prune and not problems:
+            _pruned_for[(svc.namespace, svc.name, svc.uid)] = _children_hash(desired)
         if not problems:
-            _reconciled[(svc.namespace, svc.name, svc.uid)] = svc.generation
-            # Read the Deployment again: it may have become Available while the other children were
-            # applied, and that event was left to this reconcile (see on_child_event).
-            deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name) or deployment
+            key = (svc.namespace, svc.name, svc.uid)
+            _reconciled[key] = svc.generation
+            # A Deployment event left to this reconcile (see on_child_event) with another status than
+            # the Deployment applied above (it may have become Available meanwhile): read it again.
+            seen = _deployment_seen.pop(key, None)
+            if seen is not None and seen != ((deployment or {}).get("status") or {}):
+                deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name) or deployment
     else:
         # Leave whatever exists alone: a Deployment whose Secret vanished keeps serving its loaded model.
         deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
@@ -282,8 +322,16 @@ def on_child_event(
         log.info("restored %s %s/%s (%s)", kind, svc.namespace, name, "deleted" if event_type == "DELETED" else "drifted")
     if kind not in ("Deployment", "HorizontalPodAutoscaler") or name != svc.deployment_name:
         return restored, False
-    if not problems and _reconciled.get((svc.namespace, svc.name, svc.uid)) != svc.generation:
-        return restored, False  # the full reconcile is still applying; it writes status when done
+    key = (svc.namespace, svc.name, svc.uid)
+    if not problems and _reconciled.get(key) != svc.generation:
+        # The full reconcile is still applying; it writes status when done, from what it applied,
+        # or from a fresh read when this event saw another Deployment status.
+        if kind == "Deployment":
+            _deployment_seen[key] = dict(current.get("status") or {})
+            if _reconciled.get(key) != svc.generation:  # still applying (else: it finished meanwhile)
+                return restored, False
+        else:
+            return restored, False
     if kind == "Deployment":
         deployment = None if event_type == "DELETED" and not restored else current
         hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", svc.namespace, name) if svc.spec.autoscaled else None

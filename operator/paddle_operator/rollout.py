@@ -22,7 +22,8 @@ Rules (the reasons are the bugs other tools shipped, see issue 7):
   Failed checks accumulate over the rollout (a canary that fails every other check is not healthy).
 - After the last step (100 %) the stable Deployment takes the new tag by a rolling update that never
   drops below the SLA's replica floor (``maxUnavailable: 0`` on the stable Deployment) while the
-  canary carries the traffic; once stable is rolled out, traffic returns to it and the canary goes.
+  canary carries the traffic; once stable is rolled out, with at least as many ready pods as the
+  canary has (the handler observes both), traffic returns to it and the canary goes.
 """
 
 from __future__ import annotations

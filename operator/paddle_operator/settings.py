@@ -28,6 +28,10 @@ class OperatorSettings(BaseSettings):
     """Threads the children of one reconcile are applied in concurrently (shared by all reconciles;
     with ``workers`` it should stay near the API client's 64 connections)."""
 
+    child_workers: int = Field(default=8, ge=1)
+    """Threads the events of children (drift, Deployment and HPA readiness) are handled in, apart from
+    ``workers``: a burst of reconciles must not hold back the status of resources already applied."""
+
     rollout_workers: int = Field(default=8, ge=1)
     """Threads the shared rollout loop runs its API and Prometheus calls in."""
 

@@ -187,7 +187,7 @@ class _NoCanaryKube:
         self.applied.append(obj)
         return obj
 
-    def apply_all(self, objs):
+    def apply_all(self, objs, read_back=None):
         return [(self.apply(o), None) for o in objs]
 
     def apply_status(self, namespace, name, status, manager):
@@ -207,3 +207,60 @@ def test_switching_model_update_to_canary_is_not_itself_a_rollout():
     # The stable Deployment stays as it was: same tag, same model.
     deps = [o for o in kube.applied if o["kind"] == "Deployment"]
     assert [d["metadata"]["name"] for d in deps] == ["ocr"] and tag_of(deps[0]) == "v1"
+
+
+def test_promoting_holds_stable_at_the_canary_size_before_the_canary_goes():
+    """At 100 % stable idles at its floor; promotion sends all traffic back to it, so it first grows to
+    the canary's size (HPA floor when autoscaled, replicas with the Service router)."""
+    svc = PaddleModelService.from_body(
+        body(autoscaling={"minReplicas": 1, "maxReplicas": 4, "targetQPSPerReplica": 2})
+    )
+    at_100 = pl.Shape("v1", "v1", pl.RUNNING, "v2", 100, 100)
+    hpa = kinds(pl.build_children(svc, at_100))[("HorizontalPodAutoscaler", "ocr")]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 1)
+    promoting = pl.Shape("v1", "v2", pl.RUNNING, "v2", 100, 100, stable_min=3)
+    hpa = kinds(pl.build_children(svc, promoting))[("HorizontalPodAutoscaler", "ocr")]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 3)
+    # Never above the service's maximum.
+    too_big = pl.Shape("v1", "v2", pl.RUNNING, "v2", 100, 100, stable_min=9)
+    hpa = kinds(pl.build_children(svc, too_big))[("HorizontalPodAutoscaler", "ocr")]
+    assert hpa["spec"]["minReplicas"] == 4
+    plain = PaddleModelService.from_body(body(replicas=4))
+    out = kinds(pl.build_children(plain, pl.Shape("v1", "v2", pl.RUNNING, "v2", 100, 100, stable_min=4)))
+    assert out[("Deployment", "ocr")]["spec"]["replicas"] == 4
+    assert out[("Deployment", "ocr-canary")]["spec"]["replicas"] == 4
+
+
+class _PromotingKube(_NoCanaryKube):
+    """The canary scaled to 3 by its HPA; stable rolled to v2 with ``stable_ready`` ready pods."""
+
+    def __init__(self, stable_ready: int):
+        super().__init__()
+        self.stable_ready = stable_ready
+
+    def get(self, api_version, kind, namespace, name):
+        ready = 3 if name == "ocr-canary" else self.stable_ready
+        return {
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"replicas": ready, "template": {"spec": {"containers": [
+                {"image": "ghcr.io/paddle-sla/paddle-runtime:v2", "args": ["file:///models/m"]}]}}},
+            "status": {"observedGeneration": 1, "replicas": ready, "updatedReplicas": ready,
+                       "readyReplicas": ready, "availableReplicas": ready},
+        }  # fmt: skip
+
+
+def test_promotion_completes_only_once_stable_has_as_many_ready_pods_as_the_canary():
+    auto = {"minReplicas": 1, "maxReplicas": 4, "targetQPSPerReplica": 2}
+    status = {"stableTag": "v1", "rollout": {"phase": "Promoting", "tag": "v2", "step": 4, "weight": 100}}
+    b = body(status=status, autoscaling=auto)
+    kube = _PromotingKube(stable_ready=1)
+    first = canary.tick(kube, b, SETTINGS, now=1000.0)
+    assert first.status.get("rollout", {}).get("phase", "Promoting") == "Promoting"
+    hpas = [o for o in kube.applied if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == "ocr"]
+    assert hpas and hpas[-1]["spec"]["minReplicas"] == 3, "stable's HPA floor is the canary's size"
+    # One ready stable pod on the new tag: rolled out by the Deployment's own measure, but too small.
+    second = canary.tick(kube, b, SETTINGS, now=1005.0)
+    assert second.status.get("rollout", {}).get("phase", "Promoting") == "Promoting"
+    kube.stable_ready = 3
+    third = canary.tick(kube, b, SETTINGS, now=1010.0)
+    assert third.status["rollout"]["phase"] == "Promoted"

@@ -55,6 +55,24 @@ def test_watch_and_api_timeouts_reach_kopf_and_the_client_from_the_settings() ->
         handlers.use_settings(OperatorSettings())
 
 
+def test_child_events_run_apart_from_kopf_handler_threads_and_kopf_waits_for_its_own_patch() -> None:
+    """In a burst kopf's handler threads are all busy with reconciles: child events (readiness) must
+    not queue behind them, and kopf must not re-run the create handler on events queued meanwhile."""
+    import inspect
+
+    handlers.use_settings(OperatorSettings(child_workers=3))
+    try:
+        settings = kopf.OperatorSettings()
+        handlers.configure(settings=settings)
+        assert settings.persistence.consistency_timeout >= 60
+        assert inspect.iscoroutinefunction(handlers.child_event)  # kopf runs it on its loop, not its pool
+        handlers._child_pool = None
+        assert handlers.child_pool()._max_workers == 3
+    finally:
+        handlers._child_pool = None
+        handlers.use_settings(OperatorSettings())
+
+
 def test_reconcile_plans_from_the_rollout_memory_before_status() -> None:
     svc = _svc()
     memory.clear()

@@ -1,6 +1,7 @@
 """autoscaling/v2 HPA on the runtime's QPS and GPU utilisation (custom Pods metrics) or CPU.
 
-The metric names are served by prometheus-adapter with the rules in deploy/prometheus-adapter/.
+The metric names are served by prometheus-adapter with the chart's rules
+(charts/paddle-operator/templates/prometheus-adapter-rules.yaml, checked in tests/packaging/test_adapter_rules.py).
 """
 
 from __future__ import annotations
