@@ -185,22 +185,7 @@ class Adapter:
 
     def _kubeconfig(self) -> Path:
         """The ServiceAccount's token against the API server (not the admin certificate)."""
-        token = self.cluster.kubectl(
-            "create", "token", NAME, "-n", NAMESPACE, "--duration=48h"
-        ).stdout.strip()
-        admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
-            "users": [{"name": NAME, "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": NAME}}],
-            "current-context": "e2e",
-        }
-        path = self.workdir / "kubeconfig"
-        path.write_text(yaml.safe_dump(doc))
-        path.chmod(0o600)
-        return path
+        return self.cluster.token_kubeconfig(NAME, NAMESPACE, self.workdir / "kubeconfig")[0]
 
     def start(self, timeout: float = 120) -> Adapter:
         local = self.cluster.local

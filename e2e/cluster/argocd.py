@@ -218,22 +218,8 @@ class ArgoCD:
 
     def _controller_kubeconfig(self) -> Path:
         """A kubeconfig with a token of the controller's ServiceAccount, namespace ``argocd``."""
-        token = self.cluster.kubectl(
-            "create", "token", CONTROLLER, "-n", NAMESPACE, "--duration=48h"
-        ).stdout.strip()
-        admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
-            "users": [{"name": CONTROLLER, "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": CONTROLLER, "namespace": NAMESPACE}}],
-            "current-context": "e2e",
-        }
         path = self.workdir / "controller.kubeconfig"
-        path.write_text(yaml.safe_dump(doc))
-        path.chmod(0o600)
-        return path
+        return self.cluster.token_kubeconfig(CONTROLLER, NAMESPACE, path, context_namespace=NAMESPACE)[0]
 
     # -- processes ---------------------------------------------------------------------
 

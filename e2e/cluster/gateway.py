@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from . import gocrds
 from .node import _enter_netns
 from .procs import ClusterStartError, _tail
@@ -144,22 +142,7 @@ class Traefik:
 
     def _kubeconfig(self) -> Path:
         """A kubeconfig with the ServiceAccount's token (not the admin certificate)."""
-        token = self.cluster.kubectl(
-            "create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, "--duration=48h"
-        ).stdout.strip()
-        admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
-            "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": SERVICE_ACCOUNT}}],
-            "current-context": "e2e",
-        }
-        path = self.workdir / "kubeconfig"
-        path.write_text(yaml.safe_dump(doc))
-        path.chmod(0o600)
-        return path
+        return self.cluster.token_kubeconfig(SERVICE_ACCOUNT, NAMESPACE, self.workdir / "kubeconfig")[0]
 
     def args(self) -> list[str]:
         """Traefik's static configuration, as flags."""

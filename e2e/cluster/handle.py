@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .binaries import CONTROL, WITH_NODE, _stderr_log, build
 from .control import FAKE_NODE_CAPACITY, ClusterStartError, LocalCluster
 from .node import REAL_NODE_LABEL, REAL_NODE_TAINT
@@ -101,6 +103,26 @@ class Cluster:
     def get(self, *args: str) -> dict:
         """``kubectl get ARGS -o json`` parsed."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def token_kubeconfig(
+        self, account: str, namespace: str, path: Path, context_namespace: str | None = None
+    ) -> tuple[Path, str]:
+        """Write ``path``: a kubeconfig with a 48 h token of ServiceAccount ``namespace/account``
+        (least privilege, not the admin certificate) for the same API server; returns it and the token."""
+        token = self.kubectl("create", "token", account, "-n", namespace, "--duration=48h").stdout.strip()
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        context = {"cluster": "e2e", "user": account, **({"namespace": context_namespace} if context_namespace else {})}
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": context}],
+            "current-context": "e2e",
+        }
+        path.write_text(yaml.safe_dump(doc))
+        path.chmod(0o600)
+        return path, token
 
 
 def _install_sigterm_handler() -> None:

@@ -124,22 +124,8 @@ class Prometheus:
     def _kubeconfig(self) -> Path:
         """A kubeconfig with the ServiceAccount's token (least privilege, not the admin cert)."""
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": _RBAC}))
-        token = self.cluster.kubectl(
-            "create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, "--duration=48h"
-        ).stdout.strip()
-        admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
-        server = admin["clusters"][0]["cluster"]
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": server}],
-            "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": SERVICE_ACCOUNT}}],
-            "current-context": "e2e",
-        }
-        path = self.workdir / "kubeconfig"
-        path.write_text(yaml.safe_dump(doc))
-        path.chmod(0o600)
+        path, token = self.cluster.token_kubeconfig(SERVICE_ACCOUNT, NAMESPACE, self.workdir / "kubeconfig")
+        server = yaml.safe_load(self.cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
         # What a Prometheus pod finds in its ServiceAccount mount (the kubelet-resource job).
         (self.workdir / "token").write_text(token)
         (self.workdir / "token").chmod(0o600)
