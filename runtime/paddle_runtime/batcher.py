@@ -76,6 +76,7 @@ class _Request:
     key: tuple
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    warmup: bool = False  # the runtime's own warm-up: not in the metrics, not learnt from
 
 
 class Batcher:
@@ -253,8 +254,9 @@ class Batcher:
         return True, "ok"
 
     # ---- requests -------------------------------------------------------------------------------------
-    async def infer(self, request: Inputs) -> InferResult:
-        """Queue one validated request and wait for its rows of a batch."""
+    async def infer(self, request: Inputs, *, warmup: bool = False) -> InferResult:
+        """Queue one validated request and wait for its rows of a batch (``warmup``: the runtime's
+        own warm-up request, left out of the batch metrics and of adaptive batching's measurements)."""
         if self._closed:
             raise Unavailable("the runtime is shutting down")
         if not self._engine.ready or self._task is None:
@@ -271,7 +273,7 @@ class Batcher:
         loop = self._loop
         assert loop is not None and self._wakeup is not None
         fut = loop.create_future()
-        req = _Request(inputs, rows, key, fut)
+        req = _Request(inputs, rows, key, fut, warmup=warmup)
         if not self._queue and not self._running:
             # Idle: no batch is forming or running, so this request is the whole batch. Straight to a
             # worker (the dispatcher would take it alone too, one loop iteration later).
@@ -389,9 +391,10 @@ class Batcher:
             self._wakeup.set()  # a worker is free for what waits
         if exc is None:
             assert outputs is not None
-            rows = sum(r.rows for r in batch)
-            self._batch_hist.observe(rows)
-            if ctrl is not None and eng is self._engine:
+            rows = sum(r.rows for r in batch if not r.warmup)
+            if rows:
+                self._batch_hist.observe(rows)
+            if ctrl is not None and eng is self._engine and rows == sum(r.rows for r in batch):
                 ctrl.observe(rows, seconds)
                 self._chosen_gauge.set(ctrl.chosen)
             for r, outs in zip(batch, outputs, strict=True):

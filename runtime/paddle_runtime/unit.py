@@ -120,7 +120,7 @@ async def warm_through(batcher: Batcher) -> None:
     eng = batcher.engine
     try:
         for x in warmup_examples(eng.inputs, 1):
-            await batcher.infer(validate_inputs(eng.inputs, x, eng.max_rows))
+            await batcher.infer(validate_inputs(eng.inputs, x, eng.max_rows), warmup=True)
     except Exception as e:  # noqa: BLE001 - see above
         log.warning("warm-up through the batcher failed for model %s (%s); serving anyway", eng.name, e)
 

@@ -71,7 +71,7 @@ class FakeKube:
         self.applied.append(obj)
         return obj
 
-    def apply_all(self, objs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], None]]:
+    def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
         self.applied.extend(objs)
         return [(o, None) for o in objs]
 

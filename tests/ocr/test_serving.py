@@ -164,10 +164,15 @@ def test_crops_of_concurrent_requests_share_recognition_batches_in_bucket_mode(
     """With width buckets, 8 clients at once with one line each: the rec stage runs batches of several.
 
     Detection may batch up to 8 same-size images here, so crops reach recognition close together (with
-    one detection image at a time they arrive spread by the detection time)."""
+    one detection image at a time they arrive spread by the detection time). Each rec batch is held
+    0.3 s (the test-only fault file), so crops arriving while one runs wait for the next batch however
+    the machine's load spaces them (unheld, a busy machine sometimes ran all 8 alone)."""
     case = _case(ocr_cases, "single-line")
+    faults = tmp_path / "faults.yaml"
+    faults.write_text("ppocr-rec: {main: {delay_ms: 300}}\n")
     rp = runtime_launcher("", "--pipeline", "ppocr", "--max-batch-size", "8", timeout=180, log_dir=tmp_path,
-                          env={"PADDLE_RUNTIME_OCR_REC_WIDTH_STEP": "160", "PADDLE_RUNTIME_OCR_DET_MAX_BATCH_SIZE": "8",
+                          env={"PADDLE_RUNTIME_FAULT_INJECTION_FILE": str(faults),
+                               "PADDLE_RUNTIME_OCR_REC_WIDTH_STEP": "160", "PADDLE_RUNTIME_OCR_DET_MAX_BATCH_SIZE": "8",
                                "PADDLE_RUNTIME_OCR_MAX_INFLIGHT_IMAGES": "8",
                                # The bucket mechanism, not the learned size: adaptive batching may
                                # still be exploring size 1 during these few batches.

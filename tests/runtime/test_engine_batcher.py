@@ -96,6 +96,30 @@ def test_concurrent_callers_each_get_their_own_rows(reference: Any, mnv3_engine:
     assert batches < len(xs), "requests were not batched together"
 
 
+def test_warm_up_through_the_batcher_is_not_in_the_batch_metrics(mobilenet_v3_dir: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from paddle_runtime.unit import warm_through
+
+    eng = _engine(mobilenet_v3_dir)  # its own: one batcher per engine, as the runtime has it
+    hist = metrics.BATCH_SIZE.labels("mobilenet-v3-small")
+    before = sum(b.get() for b in hist._buckets)
+
+    async def main() -> Any:
+        b = Batcher(eng, RuntimeSettings(model_dir=str(mobilenet_v3_dir), max_batch_size=8))
+        await b.start()
+        try:
+            await warm_through(b)
+            assert sum(x.get() for x in hist._buckets) == before  # the warm-up ran, and is not counted
+            x = np.zeros((1, 3, 224, 224), np.float32)
+            return await b.infer(_valid(b, {"x": x}))
+        finally:
+            await b.drain(5)
+
+    assert asyncio.run(main()).outputs["fetch_name_0"].shape == (1, 1000)
+    assert sum(x.get() for x in hist._buckets) == before + 1  # the request is
+    assert "warm-up through the batcher failed" not in caplog.text
+
+
 def test_unstackable_shapes_are_grouped_by_shape(reference: Any, ocr_rec_dir: Path) -> None:
     eng = _engine(ocr_rec_dir)
     rng = np.random.default_rng(3)
