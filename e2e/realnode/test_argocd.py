@@ -191,6 +191,14 @@ class AppRecorder:
         before = [r for r in rows if r[0] < since]
         return before[-1:] + [r for r in rows if r[0] >= since]
 
+    def seen(self, name: str, health: str, since: float, timeout: float = 30) -> list[tuple[float, str, str, str, str]]:
+        """The rows of ``name`` since ``since`` once the recorder has seen ``health`` last: a test that
+        saw it by its own read may be up to one poll ahead of the recorder (seen in CI)."""
+        return wait_for(
+            lambda: (rows := self.of(name, since)) and rows[-1][2] == health and rows,
+            timeout, f"the recorder seeing {name} {health}", interval=0.5,
+        )  # fmt: skip
+
     def stamped(self, name: str, since: float = 0.0) -> list[str]:
         return [
             f"{_iso(t)} {sync}/{health}" + (f" ({msg[:120]})" if msg and health != "Healthy" else "")
@@ -616,7 +624,7 @@ def test_argocd_tag_change_in_git_is_a_canary_promoted_and_a_failing_one_rolled_
 
         pms = wait_for(promoted, 600, f"canary {good} promoted and the apps Healthy", dump=g.dump, interval=2)
         t1 = time.time()
-        rows = g.recorder.of("paddle-models", t0)
+        rows = g.recorder.seen("paddle-models", "Healthy", t0)
         # The old version Healthy until the commit is applied, then Progressing throughout the
         # canary (no Healthy blip before it starts), then Healthy once promoted.
         assert _health_path(rows) == ["Healthy", "Progressing", "Healthy"], g.recorder.stamped("paddle-models", t0)
@@ -661,7 +669,7 @@ def test_argocd_tag_change_in_git_is_a_canary_promoted_and_a_failing_one_rolled_
         assert health["message"].startswith(f"Rollout of {bad} rolled back: "), health
         assert rollout.get("message") and rollout["message"] in health["message"], (rollout, health)
         assert app["status"]["sync"]["status"] == "Synced"  # Git says `bad`, and so does the object
-        rows = g.recorder.of("paddle-models", t2)
+        rows = g.recorder.seen("paddle-models", "Degraded", t2)
         assert _health_path(rows) == ["Healthy", "Progressing", "Degraded"], g.recorder.stamped("paddle-models", t2)
         # The stable version still answers, from its own pods.
         time.sleep(5)

@@ -253,13 +253,14 @@ class StepShare:
 
 
 def step_windows(
-    timeline: Timeline, weights: Iterable[int], settle_s: float, lead_s: float = 0.0
+    timeline: Timeline, weights: Iterable[int], settle_s: float, lead_s: float = 0.0, through_promoting: bool = True
 ) -> dict[int, tuple[float, float]]:
     """For each step weight: from ``settle_s`` after the weight first showed in status (the router needs
     up to that long to apply it) to ``lead_s`` before the next phase or weight showed (the operator
     applies the route before it writes status, so the router may switch that much earlier). The last
     step (100) runs through ``Promoting`` (the canary carries all traffic while stable rolls) up to
-    ``Promoted``."""
+    ``Promoted``, unless ``through_promoting`` is off: with the Service router stable's pods roll to the
+    canary's version during ``Promoting`` and take traffic, so a version no longer tells the track."""
     pts = timeline.points
     out = {}
     for w in weights:
@@ -269,7 +270,9 @@ def step_windows(
         start = pts[idx].t + settle_s
         end = None
         for p in pts[idx + 1 :]:
-            same = p.weight == w and (p.phase == "Progressing" or (w == 100 and p.phase == "Promoting"))
+            same = p.weight == w and (
+                p.phase == "Progressing" or (through_promoting and w == 100 and p.phase == "Promoting")
+            )
             if not same:
                 end = p.t
                 break
@@ -284,10 +287,11 @@ def step_shares(
     canary_version: str,
     settle_s: float,
     lead_s: float = 0.0,
+    through_promoting: bool = True,
 ) -> list[StepShare]:
     """The canary's share of the successful answers sent inside each step's window."""
     shares = []
-    for w, (start, end) in step_windows(timeline, weights, settle_s, lead_s).items():
+    for w, (start, end) in step_windows(timeline, weights, settle_s, lead_s, through_promoting).items():
         inside = [a for a in answers if start <= a.t < end and a.error is None]
         canary = sum(1 for a in inside if a.version == canary_version)
         shares.append(StepShare(w, len(inside), canary, start, end, pod_share(timeline.points, start, end)))

@@ -130,6 +130,8 @@ def child_key(obj: dict[str, Any]) -> tuple[str, str, str]:
 # child appears only when that set changes (a spec change, a canary starting or ending), or before this
 # process pruned the resource once (after a restart). Otherwise the prune would LIST every owned kind on
 # every reconcile: 8 requests, more than the applies themselves.
+ROUTE_KINDS = frozenset({"HTTPRoute", "VirtualService"})  # applied after the Services they route to
+
 _pruned_for: dict[tuple[str, str, str], int] = {}
 
 
@@ -238,7 +240,15 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
                 child["metadata"]["name"] == svc.deployment_name
             )
 
-        for child, (applied, rejected) in zip(desired, kube.apply_all(desired, read_back), strict=True):
+        # Routes go last: a router that reads an HTTPRoute before its backend Services exist logs the
+        # backend as missing, and Traefik did not always pick the Service up later (seen in CI).
+        first = [c for c in desired if c["kind"] not in ROUTE_KINDS]
+        routes = [c for c in desired if c["kind"] in ROUTE_KINDS]
+        outcome = dict(zip(map(id, first), kube.apply_all(first, read_back), strict=True))
+        if routes:
+            outcome.update(zip(map(id, routes), kube.apply_all(routes, read_back), strict=True))
+        for child in desired:
+            applied, rejected = outcome[id(child)]
             if rejected is not None:
                 # The API server refused a manifest built from this spec (e.g. a bad passthrough
                 # toleration): a spec problem, reported, not retried fast.

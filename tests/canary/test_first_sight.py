@@ -172,6 +172,28 @@ def test_gateway_canary_keeps_its_pods_at_weight_zero_until_the_route_change_has
     assert memory.settled("prod", "ocr", UID)
 
 
+def test_routes_are_applied_after_the_services_they_route_to() -> None:
+    """A router reading an HTTPRoute before its backend Service exists logs it missing (Traefik did not
+    always pick the Service up later): the route goes in a second batch, on create and at a canary."""
+    calls: list[list[str]] = []
+
+    class Recording(FakeKube):
+        def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
+            calls.append([o["kind"] for o in objs])
+            return super().apply_all(objs, read_back)
+
+    b = body("v1")
+    b["spec"]["rollout"] = {"router": {"type": "GatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "public"}]}}}
+    reconcile.reconcile(Recording(), b)
+    assert calls[-1] == ["HTTPRoute"] and "Service" in calls[-2] and "HTTPRoute" not in calls[-2], calls
+    calls.clear()
+    rollout = {"phase": "Progressing", "tag": "v2", "step": 1, "weight": 10, "failedChecks": 0, "message": ""}
+    b2 = body("v2", status={"stableTag": "v1", "rollout": rollout})
+    b2["spec"]["rollout"] = b["spec"]["rollout"]
+    canary.tick(Recording({("Deployment", "ocr"): deployment("v1")}), b2, SETTINGS, now=1000.0)
+    assert calls and all("HTTPRoute" not in c or c == ["HTTPRoute"] for c in calls), calls
+
+
 def test_service_router_canary_goes_at_once() -> None:
     rollout = {"phase": "Progressing", "tag": "v2", "step": 1, "weight": 10, "failedChecks": 0, "message": ""}
     kube = FakeKube({("Deployment", "ocr"): deployment("v1")})
