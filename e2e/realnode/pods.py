@@ -4,6 +4,7 @@ on the host end of the node link, and the figures file the note quotes."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -128,6 +129,23 @@ def watched_namespaces(
     for ns in names:
         restricted_namespace(cluster, ns)
     install_operator(cluster, op_ns, ",".join(names), timeout, values)
+
+
+@contextlib.contextmanager
+def operated(cluster: Cluster, prefix: str) -> Iterator[Served]:
+    """A fresh namespace ``<prefix>-xxxx`` watched by its own Helm-installed operator in
+    ``<prefix>-op-xxxx``; both go afterwards."""
+    import uuid
+
+    suffix = uuid.uuid4().hex[:4]
+    ns, op_ns = f"{prefix}-{suffix}", f"{prefix}-op-{suffix}"
+    try:
+        watched_namespaces(cluster, [ns], op_ns)
+        yield Served(cluster, ns, op_ns)
+    finally:
+        cluster.helm("uninstall", "paddle-operator", "--namespace", op_ns, check=False)
+        for n in (ns, op_ns):
+            cluster.kubectl("delete", "namespace", n, "--wait=false", "--ignore-not-found", check=False)
 
 
 # ---- load -------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from e2e.cluster import Cluster
-from e2e.realnode.pods import ROOT, Served, record, serve_dir, signed_copy, watched_namespaces
+from e2e.realnode.pods import ROOT, Served, operated, record, serve_dir, signed_copy
 
 pytestmark = pytest.mark.realnode
 
@@ -75,15 +75,8 @@ def cpu_local_variant(doc: dict[str, Any], served_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def example_ns(cluster: Cluster, real_node: str) -> Iterator[Served]:
-    suffix = uuid.uuid4().hex[:4]
-    ns, op_ns = f"rn-examples-{suffix}", f"rn-examples-op-{suffix}"
-    try:
-        watched_namespaces(cluster, [ns], op_ns)
-        yield Served(cluster, ns, op_ns)
-    finally:
-        cluster.helm("uninstall", "paddle-operator", "--namespace", op_ns, check=False)
-        for n in (ns, op_ns):
-            cluster.kubectl("delete", "namespace", n, "--wait=false", "--ignore-not-found", check=False)
+    with operated(cluster, "rn-examples") as s:
+        yield s
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

@@ -14,7 +14,6 @@ import io
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 
 from e2e.cluster import Cluster
 from e2e.demo import http_get
-from e2e.realnode.pods import Served, record, serve_dir, signed_copy, watched_namespaces
+from e2e.realnode.pods import Served, operated, record, serve_dir, signed_copy
 from e2e.util import wait_for
 
 pytestmark = pytest.mark.realnode
@@ -35,15 +34,8 @@ NAME = "ocr"
 
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, real_node: str) -> Iterator[Served]:
-    suffix = uuid.uuid4().hex[:4]
-    ns, op_ns = f"rn-pipeline-{suffix}", f"rn-pipeline-op-{suffix}"
-    try:
-        watched_namespaces(cluster, [ns], op_ns)
-        yield Served(cluster, ns, op_ns)
-    finally:
-        cluster.helm("uninstall", "paddle-operator", "--namespace", op_ns, check=False)
-        for n in (ns, op_ns):
-            cluster.kubectl("delete", "namespace", n, "--wait=false", "--ignore-not-found", check=False)
+    with operated(cluster, "rn-pipeline") as s:
+        yield s
 
 
 def _png() -> bytes:
