@@ -9,6 +9,7 @@ they run the same from a handler, a child's watch event, the rollout loop, a tes
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +208,18 @@ _reconciled: dict[tuple[str, str, str], int] = {}
 # the Deployment again before writing status; otherwise it saves that GET.
 _deployment_seen: dict[tuple[str, str, str], dict[str, Any]] = {}
 
+# One lock per resource around "decide what the Deployment says, then write status". A full reconcile
+# (kopf's thread or the blocked-recheck worker) and a child event (the child pool) run concurrently:
+# without it, the reconcile's write from the Deployment it had just applied could land after a child
+# event's write of the Available Deployment, and Ready stayed False with no later event to fix it.
+_status_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_status_locks_guard = threading.Lock()
+
+
+def _status_lock(key: tuple[str, str, str]) -> threading.Lock:
+    with _status_locks_guard:
+        return _status_locks.setdefault(key, threading.Lock())
+
 
 def reconciled_generation(namespace: str, name: str, uid: str) -> int | None:
     """The generation whose children a full reconcile in this process applied, if any."""
@@ -220,6 +233,8 @@ def forget(namespace: str, name: str, uid: str) -> None:
     _reconciled.pop(key, None)
     _pruned_for.pop(key, None)
     _deployment_seen.pop(key, None)
+    with _status_locks_guard:
+        _status_locks.pop(key, None)
 
 
 def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Result:
@@ -230,7 +245,8 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
     result = Result(svc=svc, status={}, problems=problems)
     first_sight(kube, svc)
     deployment = hpa = None
-    if not problems:
+    blocked = bool(problems)
+    if not blocked:
         desired = plan(svc)
         # The children are independent objects: apply them concurrently, so a reconcile waits for one
         # API round trip instead of one per child. Results come back in plan order; any other error
@@ -266,20 +282,21 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
             result.pruned = prune(kube, svc, desired)
         elif do_prune and not problems:
             _pruned_for[(svc.namespace, svc.name, svc.uid)] = _children_hash(desired)
+    key = (svc.namespace, svc.name, svc.uid)
+    with _status_lock(key):
         if not problems:
-            key = (svc.namespace, svc.name, svc.uid)
             _reconciled[key] = svc.generation
             # A Deployment event left to this reconcile (see on_child_event) with another status than
             # the Deployment applied above (it may have become Available meanwhile): read it again.
             seen = _deployment_seen.pop(key, None)
             if seen is not None and seen != ((deployment or {}).get("status") or {}):
                 deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name) or deployment
-    else:
-        # Leave whatever exists alone: a Deployment whose Secret vanished keeps serving its loaded model.
-        deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
-    result.status, result.status_written = write_status(
-        kube, svc, Observed(deployment=deployment, hpa=hpa, problems=problems), old_status
-    )
+        elif blocked:
+            # Leave whatever exists alone: a Deployment whose Secret vanished keeps serving its model.
+            deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
+        result.status, result.status_written = write_status(
+            kube, svc, Observed(deployment=deployment, hpa=hpa, problems=problems), old_status
+        )
     return result
 
 
@@ -333,20 +350,21 @@ def on_child_event(
     if kind not in ("Deployment", "HorizontalPodAutoscaler") or name != svc.deployment_name:
         return restored, False
     key = (svc.namespace, svc.name, svc.uid)
-    if not problems and _reconciled.get(key) != svc.generation:
-        # The full reconcile is still applying; it writes status when done, from what it applied,
-        # or from a fresh read when this event saw another Deployment status.
-        if kind == "Deployment":
-            _deployment_seen[key] = dict(current.get("status") or {})
-            if _reconciled.get(key) != svc.generation:  # still applying (else: it finished meanwhile)
-                return restored, False
-        else:
+    with _status_lock(key):
+        # Judged again under the lock: a full reconcile may have written status meanwhile.
+        last = _last_written.get(key)
+        problems = carried_problems(svc, last if last is not None else old_status)
+        if not problems and _reconciled.get(key) != svc.generation:
+            # The full reconcile is still applying; it writes status when done, from what it applied,
+            # or from a fresh read when this event saw another Deployment status.
+            if kind == "Deployment":
+                _deployment_seen[key] = dict(current.get("status") or {})
             return restored, False
-    if kind == "Deployment":
-        deployment = None if event_type == "DELETED" and not restored else current
-        hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", svc.namespace, name) if svc.spec.autoscaled else None
-    else:
-        hpa = None if event_type == "DELETED" and not restored else current
-        deployment = kube.get("apps/v1", "Deployment", svc.namespace, name)
-    _, written = write_status(kube, svc, Observed(deployment=deployment, hpa=hpa, problems=problems), old_status)
+        if kind == "Deployment":
+            deployment = None if event_type == "DELETED" and not restored else current
+            hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", svc.namespace, name) if svc.spec.autoscaled else None
+        else:
+            hpa = None if event_type == "DELETED" and not restored else current
+            deployment = kube.get("apps/v1", "Deployment", svc.namespace, name)
+        _, written = write_status(kube, svc, Observed(deployment=deployment, hpa=hpa, problems=problems), old_status)
     return restored, written

@@ -1,0 +1,97 @@
+"""A full reconcile and a child event write status concurrently; the newer Deployment must win.
+
+Seen in CI: a resource blocked on a missing Secret was rechecked by the rollout loop, whose reconcile
+applied the children and wrote status from the Deployment it had just applied (not Available), while
+a child event wrote status from the Deployment that had become Available. When the reconcile's write
+landed last, Ready stayed False and no later event came to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+from paddle_operator import memory, reconcile
+from paddle_operator.spec import PaddleModelService
+
+UID = "race-1"
+
+
+def body() -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.paddlesla.io/v1alpha1",
+        "kind": "PaddleModelService",
+        "metadata": {"name": "ocr", "namespace": "prod", "uid": UID, "generation": 1},
+        "spec": {"tag": "t1", "model": {"uri": "file:///models/m"}},
+        "status": {},
+    }
+
+
+class GatedKube:
+    """Holds the first status write until ``gate`` opens; records every status write in order."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict[str, Any]] = []
+        self.calls = 0
+        self.in_first_write = threading.Event()
+        self.gate = threading.Event()
+        self._lock = threading.Lock()
+
+    def get(self, *args: Any) -> dict[str, Any] | None:
+        return None
+
+    def list(self, *args: Any) -> list[dict[str, Any]]:
+        return []
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return obj
+
+    def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
+        return [(o, None) for o in objs]
+
+    def apply_status(self, namespace: str, name: str, status: dict[str, Any], manager: str) -> None:
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first:
+            self.in_first_write.set()
+            self.gate.wait(5)
+        self.writes.append(status)
+
+
+def ready(status: dict[str, Any]) -> str | None:
+    return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+
+
+def test_a_child_event_during_the_reconciles_status_write_lands_after_it() -> None:
+    b = body()
+    svc = PaddleModelService.from_body(b)
+    memory.forget("prod", "ocr", UID)
+    reconcile.forget("prod", "ocr", UID)
+    kube = GatedKube()
+    try:
+        reconciling = threading.Thread(target=reconcile.reconcile, args=(kube, b))
+        reconciling.start()
+        assert kube.in_first_write.wait(5), "the reconcile never wrote status"
+        # The Deployment as the API server now reports it: Available.
+        deployment = copy.deepcopy(
+            next(c for c in reconcile.plan(svc) if c["kind"] == "Deployment" and c["metadata"]["name"] == "ocr")
+        )
+        deployment["metadata"]["generation"] = 1
+        deployment["status"] = {
+            "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+            "conditions": [{"type": "Available", "status": "True"}],
+        }  # fmt: skip
+        event = threading.Thread(target=reconcile.on_child_event, args=(kube, b, "MODIFIED", deployment))
+        event.start()
+        event.join(0.5)  # without the per-resource lock, the event's write lands here, first
+        kube.gate.set()
+        reconciling.join(5)
+        event.join(5)
+        assert not reconciling.is_alive() and not event.is_alive()
+        assert [ready(w) for w in kube.writes] == ["False", "True"], kube.writes
+    finally:
+        kube.gate.set()
+        memory.forget("prod", "ocr", UID)
+        reconcile.forget("prod", "ocr", UID)
