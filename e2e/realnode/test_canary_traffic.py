@@ -110,8 +110,14 @@ def canary_service(
     )
 
 
-def gateway_router() -> dict[str, Any]:
-    return {"type": "GatewayAPI", "gatewayAPI": {"parentRefs": [parent_ref()]}}
+def gateway_router(hostname: str) -> dict[str, Any]:
+    """The Gateway router for one service. Every service of the module is on the same Gateway: each
+    has its own hostname, or their routes would all match every request and Traefik would pick one."""
+    return {"type": "GatewayAPI", "gatewayAPI": {"parentRefs": [parent_ref()], "hostnames": [hostname]}}
+
+
+def hostname(name: str) -> str:
+    return f"{name}.paddle-sla.test"
 
 
 def rollout(s: Served, name: str) -> dict[str, Any]:
@@ -185,10 +191,10 @@ def test_gateway_traffic_follows_each_canary_step_and_no_request_fails_through_t
 ) -> None:
     s = traffic_ns
     name = "gw"
-    s.apply(canary_service(name, gateway_router(), replicas=1, interval_s=STEP_INTERVAL_S))
+    s.apply(canary_service(name, gateway_router(hostname(name)), replicas=1, interval_s=STEP_INTERVAL_S))
     s.wait_ready(name)
 
-    traffic = Traffic(gateway.address).start()
+    traffic = Traffic(gateway.address, host=hostname(name)).start()
     timeline = Timeline(s.cluster, s.ns, name).start()
 
     def dump() -> str:
@@ -254,12 +260,12 @@ def test_gateway_traffic_returns_to_stable_within_interval_times_failure_thresho
     erroring_model(tmp_path / "www" / "broken", broken)
     base = serve_dir(tmp_path / "www", cluster.local.net.host_ip)
     url = next(base)
-    s.apply(canary_service(name, gateway_router(), replicas=1))
+    s.apply(canary_service(name, gateway_router(hostname(name)), replicas=1))
     s.wait_ready(name)
 
     # 1 inference a second reaches the canary at 10 %: its first failed check needs 3 of them. Six
     # threads keep that pace while a busy machine slows the stable track's answers.
-    traffic = Traffic(gateway.address, infer_rps=10, infer_threads=6).start()
+    traffic = Traffic(gateway.address, infer_rps=10, infer_threads=6, host=hostname(name)).start()
     timeline = Timeline(s.cluster, s.ns, name).start()
 
     def dump() -> str:

@@ -64,7 +64,8 @@ class Traffic:
     paced ``/version`` requests per second, spread over ``version_threads`` (an answer takes tens of
     milliseconds on a busy machine, so one thread alone cannot keep the pace). ``fresh_connections``: a new TCP connection
     per request (what a Service's per-connection balancing needs to be measured per request);
-    otherwise each thread keeps its connection alive and reconnects after an error.
+    otherwise each thread keeps its connection alive and reconnects after an error. ``host``: the
+    ``Host`` header (a Gateway routes each service by its route's hostnames).
     """
 
     address: str
@@ -73,6 +74,7 @@ class Traffic:
     version_rps: float = 80.0
     version_threads: int = 8
     fresh_connections: bool = False
+    host: str | None = None
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -84,6 +86,8 @@ class Traffic:
 
     def _loop(self, kind: str, rps: float, body: bytes | None, headers: dict[str, str]) -> None:
         period = 1.0 / rps
+        if self.host:
+            headers = {**headers, "Host": self.host}
         conn: http.client.HTTPConnection | None = None
         next_at = time.monotonic()
         while not self._stop.is_set():
@@ -95,7 +99,7 @@ class Traffic:
                 if kind == "infer":
                     conn.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
                 else:
-                    conn.request("GET", "/version")
+                    conn.request("GET", "/version", headers={"Host": self.host} if self.host else {})
                 resp = conn.getresponse()
                 data = resp.read()
                 if resp.status // 100 != 2:
