@@ -373,14 +373,7 @@ class LocalCluster:
                 f"can restart only {sorted(self.READY_CHECKS)} of a cluster this process started"
             )
         t0 = time.monotonic()
-        pid, proc = self.pids[component], self._procs[component]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(pid, signal.SIGKILL)
-            proc.wait(10)
+        self._stop_one(component, sig)
         time.sleep(down_s)
         self._spawn(component, self._args[component])
         if component == "etcd":
@@ -393,7 +386,25 @@ class LocalCluster:
             timeout,
             "kube-apiserver",
         )
-        return time.monotonic() - t0
+        unavailable = time.monotonic() - t0
+        # kwok (the fake kubelets, not under test) drops a pod's stage for good when its status patch
+        # fails with a server error, as it does while etcd is down; a real kubelet resyncs every
+        # minute. A fresh kwok lists every pod again, so the fake nodes catch up like real ones.
+        if "kwok" in self._args:
+            self._stop_one("kwok", signal.SIGTERM)
+            self._spawn("kwok", self._args["kwok"])
+        return unavailable
+
+    def _stop_one(self, component: str, sig: int) -> None:
+        """Signal one process group, SIGKILL it after 15 s, and reap it."""
+        pid, proc = self.pids[component], self._procs[component]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            proc.wait(10)
 
     # -- status / stop ---------------------------------------------------------------
 

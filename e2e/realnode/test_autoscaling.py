@@ -29,6 +29,7 @@ RUNTIME_IMAGE = "ghcr.io/paddle-sla/paddle-runtime"
 BEHAVIOURS = ("metrics", "qps", "cpu", "canary")
 # Scale-down is made short through the resource's own field (the HPA's behavior.scaleDown).
 STABILIZATION_S = 15
+CPU_LOAD_QPS = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +232,8 @@ def test_autoscaling_on_cpu_scales_out_through_the_resource_metrics_api_and_back
     autoscale: dict[str, Served], adapter: Adapter, cluster: Cluster
 ) -> None:
     s, name = autoscale["cpu"], "cpu"
-    # 100m requested per pod; one pod serving 2 QPS of OCR uses about twice that.
+    # 100m requested per pod, a 50 % target: 50m. One request (the quarter-width image) costs about
+    # 23 ms of CPU, so 2 QPS sat at 46 % and never scaled; 5 QPS uses about 115m (desired 3).
     autoscaling = {
         "minReplicas": 1,
         "maxReplicas": 3,
@@ -250,7 +252,7 @@ def test_autoscaling_on_cpu_scales_out_through_the_resource_metrics_api_and_back
         "the resource metrics API to report the pod's CPU",
         dump=lambda: adapter.dump(s.ns),
     )
-    fig = _scale_out_and_in(s, adapter, cluster, name, 2.0, None, expect=None)
+    fig = _scale_out_and_in(s, adapter, cluster, name, CPU_LOAD_QPS, None, expect=None)
     fig["idle_cpu_cores"] = usage
     record("autoscaling_cpu", fig)
     assert fig["scaled_to"] >= 2, fig
