@@ -1,8 +1,9 @@
 """The memory baseline for benchmarks/operator.py: a kopf operator that does nothing.
 
 Same kopf, same settings that shape memory (standalone, no event posting, the same server-side
-label filter on the children), watching the same resources as ours (PaddleModelServices and the
-five child kinds) with no-op handlers: what is left of our RSS above this one is ours.
+label filter on the children), watching the same resources as ours (PaddleModelServices, the
+five child kinds and the pods they make) with no-op handlers: what is left of our RSS above this
+one is ours.
 
     python -m kopf run --standalone --namespace NS benchmarks/noop_operator.py
 """
@@ -20,6 +21,7 @@ CHILDREN = (
     ("", "v1", "services"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("", "v1", "pods"),  # ours indexes its pods (model fetch failures)
 )
 
 

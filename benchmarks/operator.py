@@ -254,6 +254,36 @@ class RssSampler:
         return {k: round(statistics.median(s[k] for s in w), 1) for k in self.pids} if w else {}
 
 
+THREAD_STACK_KB = 8192  # glibc's default thread stack (ulimit -s)
+
+
+def rss_breakdown(pid: int) -> dict[str, float]:
+    """Resident MB by kind of mapping (/proc/PID/smaps): the glibc heap, other anonymous memory
+    (pymalloc arenas, mmapped allocations), thread stacks, shared libraries and other files; and
+    the thread count."""
+    kinds = {"heap": 0, "stacks": 0, "anon": 0, "libs": 0, "files": 0}
+    kind = "anon"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                path = head[5] if len(head) > 5 else ""
+                kind = (
+                    "heap" if path == "[heap]"
+                    else "anon" if not path or path.startswith("[")
+                    else "libs" if ".so" in path
+                    else "files"
+                )  # fmt: skip
+            elif head and head[0] == "Size:" and kind == "anon" and head[1] == str(THREAD_STACK_KB):
+                kind = "stacks"  # a thread's stack: glibc's default size, the guard page apart
+            elif head and head[0] == "Rss:":
+                kinds[kind] += int(head[1])
+    out = {k: round(v / 1024, 1) for k, v in kinds.items()}
+    with open(f"/proc/{pid}/status") as f:
+        out["threads"] = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return out
+
+
 def steady_rss(sampler: RssSampler, settle: float, window: float = 20) -> dict[str, float]:
     """Median RSS over ``window`` seconds, after ``settle`` seconds of quiet following the burst."""
     time.sleep(settle)
@@ -317,6 +347,7 @@ def run_phase(
     peak = rss.peak(burst_start, time.monotonic())
     steady = steady_rss(rss, settle)
     memory = memreport() if memreport is not None else None
+    breakdown = {k: rss_breakdown(pid) for k, pid in rss.pids.items()}
     c, o = ctl.stats(("deployment_available",)), op.stats(OP_STAGES)
     ca, orr = c["deployment_available"], o["ready"]
     diff = {
@@ -334,6 +365,7 @@ def run_phase(
         "noop_kopf_peak_rss_mb": peak.get("noop"),
         "operator_cpu_s": cpu.get("operator"),  # from the first create to the last Ready
         "noop_kopf_cpu_s": cpu.get("noop"),
+        "rss_by_mapping_mb": breakdown,  # after the steady window
         **({"tracemalloc": memory} if memory is not None else {}),
     }
 
@@ -390,6 +422,7 @@ def save(out: str, args: argparse.Namespace, idle: tuple[float, float], phases: 
         "to its last Ready",
         "settle_s": args.settle,
         "tracemalloc": args.tracemalloc,
+        "operator_env": args.ours_env,
         "targets": {"operator_minus_control_p99_s": 0.5, "rss_mb_at_1000": 150},
         "count": args.count,
         "scale_to": args.scale_to,
@@ -402,8 +435,11 @@ def save(out: str, args: argparse.Namespace, idle: tuple[float, float], phases: 
     print(f"wrote {out}", flush=True)
 
 
-def start_operators(env: dict[str, str], out: Path, tracemalloc: bool, noop: bool = True) -> tuple[Any, Any]:
-    """Ours and the no-op kopf operator (the memory baseline), both on NAMESPACE, logs beside ``out``."""
+def start_operators(
+    env: dict[str, str], out: Path, tracemalloc: bool, noop: bool = True, ours_env: dict[str, str] | None = None
+) -> tuple[Any, Any]:
+    """Ours and the no-op kopf operator (the memory baseline), both on NAMESPACE, logs beside ``out``;
+    ``ours_env`` is added to our operator's environment only (an A/B of a setting)."""
     wrap = [sys.executable, str(ROOT / "benchmarks" / "memtrace.py")] if tracemalloc else [sys.executable]
     ours = [
         *wrap,
@@ -434,9 +470,10 @@ def start_operators(env: dict[str, str], out: Path, tracemalloc: bool, noop: boo
     runs = [(ours, out.with_suffix(".operator.log"))] + (
         [(noop_cmd, out.with_suffix(".noop.log"))] if noop else []
     )
-    for cmd, log in runs:
+    for i, (cmd, log) in enumerate(runs):
         with log.open("wb") as f:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
+            run_env = {**env, **(ours_env or {})} if i == 0 else env
+            procs.append(subprocess.Popen(cmd, env=run_env, stdout=f, stderr=subprocess.STDOUT))
     return procs[0], (procs[1] if noop else None)
 
 
@@ -504,7 +541,7 @@ def soak(kube: Any, cluster: Any, example: dict[str, Any], args: argparse.Namesp
     out = Path(args.out)
     items = bodies(example, 0, args.count, True) + bodies(example, args.count, args.scale_to, False)
     log_path = out.with_suffix(".operator.log")
-    op, _ = start_operators(cluster.env, out, False, noop=False)
+    op, _ = start_operators(cluster.env, out, False, noop=False, ours_env=args.ours_env)
     rss = RssSampler({"operator": op.pid}, period=2.0)
     lat = SoakLatency()
     cpu_marks: list[tuple[float, float]] = []
@@ -693,7 +730,15 @@ def main() -> int:
     ap.add_argument("--soak-minutes", type=float, default=30)
     ap.add_argument("--soak-warmup", type=float, default=5, help="minutes before RSS growth is counted")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in our operator's environment only, e.g. PYTHONMALLOC=malloc (repeatable)",
+    )
     args = ap.parse_args()
+    args.ours_env = dict(kv.split("=", 1) for kv in args.operator_env)
     args.count = args.count or (20 if args.quick else 100)
     args.scale_to = args.scale_to or (100 if args.quick else 1000)
     name = "operator-quick.json" if args.quick else "operator.json"
@@ -743,7 +788,7 @@ def main() -> int:
             plot_soak(Path(args.out), Path(args.out).with_suffix(".png"))
             return 0
         log_path = Path(args.out).with_suffix(".operator.log")
-        op, noop = start_operators(cluster.env, Path(args.out), args.tracemalloc)
+        op, noop = start_operators(cluster.env, Path(args.out), args.tracemalloc, ours_env=args.ours_env)
         rss = RssSampler({"operator": op.pid, "noop": noop.pid})
         memreport = (
             (lambda: memory_reports(Path(args.out), {"operator": op.pid, "noop": noop.pid}))
