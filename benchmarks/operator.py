@@ -366,7 +366,7 @@ def run_phase(
         "operator_cpu_s": cpu.get("operator"),  # from the first create to the last Ready
         "noop_kopf_cpu_s": cpu.get("noop"),
         "rss_by_mapping_mb": breakdown,  # after the steady window
-        **({"tracemalloc": memory} if memory is not None else {}),
+        **({"memory_reports": memory} if memory is not None else {}),
     }
 
 
@@ -400,11 +400,19 @@ def table(label: str, phase: dict[str, Any]) -> str:
             f"CPU from the first create to the last Ready: operator {phase['operator_cpu_s']} s, "
             f"no-op kopf operator {phase['noop_kopf_cpu_s']} s"
         )
-    for who, rep in (phase.get("tracemalloc") or {}).items():
-        owners = ", ".join(f"{k} {v}" for k, v in list(rep["by_owner_mb"].items())[:8])
+    for who, rep in (phase.get("memory_reports") or {}).items():
+        if "error" in rep:
+            rows.append(f"memory report {who}: {rep['error']}")
+            continue
+        py, gl = rep["pymalloc"], rep["glibc"]
         rows.append(
-            f"tracemalloc {who}: traced {rep['traced_mb']} MB (peak {rep['traced_peak_mb']}): {owners}"
+            f"memory {who}: RSS {rep['rss_mb']} MB; pymalloc {py['arenas']} arenas {py['mapped_mb']} MB, live "
+            f"{py['live_mb']}; glibc heap {gl.get('heap_mb')} MB, in use {gl.get('in_use_mb')}, free kept "
+            f"{gl.get('free_kept_mb')}, mmapped {gl.get('mmapped_mb')}; {rep['threads']} threads"
         )
+        if rep.get("tracemalloc"):
+            owners = ", ".join(f"{k} {v}" for k, v in list(rep["by_owner_mb"].items())[:8])
+            rows.append(f"  traced {rep['traced_mb']} MB (peak {rep['traced_peak_mb']}): {owners}")
     return "\n".join(rows)
 
 
@@ -421,7 +429,7 @@ def save(out: str, args: argparse.Namespace, idle: tuple[float, float], phases: 
         "following the burst, peak = max VmRSS (0.5 s samples) from the operator burst's first create "
         "to its last Ready",
         "settle_s": args.settle,
-        "tracemalloc": args.tracemalloc,
+        "memory_mode": args.mem_mode,
         "operator_env": args.ours_env,
         "targets": {"operator_minus_control_p99_s": 0.5, "rss_mb_at_1000": 150},
         "count": args.count,
@@ -436,14 +444,22 @@ def save(out: str, args: argparse.Namespace, idle: tuple[float, float], phases: 
 
 
 def start_operators(
-    env: dict[str, str], out: Path, tracemalloc: bool, noop: bool = True, ours_env: dict[str, str] | None = None
+    env: dict[str, str],
+    out: Path,
+    mem_mode: str | None,
+    noop: bool = True,
+    ours_env: dict[str, str] | None = None,
 ) -> tuple[Any, Any]:
     """Ours and the no-op kopf operator (the memory baseline), both on NAMESPACE, logs beside ``out``;
-    ``ours_env`` is added to our operator's environment only (an A/B of a setting)."""
-    wrap = [sys.executable, str(ROOT / "benchmarks" / "memtrace.py")] if tracemalloc else [sys.executable]
+    ``mem_mode`` ("tracemalloc" or "light") runs both under memtrace.py; ``ours_env`` is added to our
+    operator's environment only (an A/B of a setting)."""
+    traced = mem_mode is not None
+    wrap = [sys.executable, str(ROOT / "benchmarks" / "memtrace.py")] if traced else [sys.executable]
+    if mem_mode == "light":
+        wrap.append("--light")
     ours = [
         *wrap,
-        *([str(out.with_suffix(".operator.mem"))] if tracemalloc else []),
+        *([str(out.with_suffix(".operator.mem"))] if traced else []),
         "-m",
         "paddle_operator.cli",
         "run",
@@ -454,7 +470,7 @@ def start_operators(
     ]
     noop_cmd = [
         *wrap,
-        *([str(out.with_suffix(".noop.mem"))] if tracemalloc else []),
+        *([str(out.with_suffix(".noop.mem"))] if traced else []),
         "-m",
         "kopf",
         "run",
@@ -541,7 +557,7 @@ def soak(kube: Any, cluster: Any, example: dict[str, Any], args: argparse.Namesp
     out = Path(args.out)
     items = bodies(example, 0, args.count, True) + bodies(example, args.count, args.scale_to, False)
     log_path = out.with_suffix(".operator.log")
-    op, _ = start_operators(cluster.env, out, False, noop=False, ours_env=args.ours_env)
+    op, _ = start_operators(cluster.env, out, None, noop=False, ours_env=args.ours_env)
     rss = RssSampler({"operator": op.pid}, period=2.0)
     lat = SoakLatency()
     cpu_marks: list[tuple[float, float]] = []
@@ -722,6 +738,12 @@ def main() -> int:
         "figures then include tracemalloc's own)",
     )
     ap.add_argument(
+        "--memstats",
+        action="store_true",
+        help="run both operators under memtrace.py --light (no tracemalloc, full speed) and report the "
+        "allocators' accounts after each phase: live bytes against memory kept",
+    )
+    ap.add_argument(
         "--soak",
         action="store_true",
         help="soak instead: --scale-to resources, one spec change per second for --soak-minutes "
@@ -739,13 +761,14 @@ def main() -> int:
     )
     args = ap.parse_args()
     args.ours_env = dict(kv.split("=", 1) for kv in args.operator_env)
+    args.mem_mode = "tracemalloc" if args.tracemalloc else ("light" if args.memstats else None)
     args.count = args.count or (20 if args.quick else 100)
     args.scale_to = args.scale_to or (100 if args.quick else 1000)
     name = "operator-quick.json" if args.quick else "operator.json"
     if args.soak:
         name = "operator-soak.json"
-    if args.tracemalloc:
-        name = name.replace(".json", "-tracemalloc.json")
+    if args.mem_mode:
+        name = name.replace(".json", f"-{'tracemalloc' if args.tracemalloc else 'memstats'}.json")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / name)
 
     from paddle_operator.kube import Kube, load_api_client
@@ -788,16 +811,16 @@ def main() -> int:
             plot_soak(Path(args.out), Path(args.out).with_suffix(".png"))
             return 0
         log_path = Path(args.out).with_suffix(".operator.log")
-        op, noop = start_operators(cluster.env, Path(args.out), args.tracemalloc, ours_env=args.ours_env)
+        op, noop = start_operators(cluster.env, Path(args.out), args.mem_mode, ours_env=args.ours_env)
         rss = RssSampler({"operator": op.pid, "noop": noop.pid})
         memreport = (
             (lambda: memory_reports(Path(args.out), {"operator": op.pid, "noop": noop.pid}))
-            if args.tracemalloc
+            if args.mem_mode
             else None
         )
         phases: dict[str, Any] = {}
         try:
-            if args.tracemalloc:  # imports are slow under tracing; memtrace.py says when it traces
+            if args.mem_mode:  # imports are slow under tracing; memtrace.py says when it traces
                 for who in ("operator", "noop"):
                     started = Path(args.out).with_suffix(f".{who}.mem.started")
                     while not started.exists():
