@@ -115,6 +115,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for k in WATCHED + OBSERVED:
         settings.watching.label_selectors[k.plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     settings.execution.max_workers = ours.workers
+    # A burst's memory: objects in process at once, each idle worker's slot released soon.
+    settings.queueing.worker_limit = ours.kopf_worker_limit or None
+    settings.queueing.idle_timeout = ours.kopf_idle_timeout_s
     # Events are for people: the explicit kopf.info()/kopf.warn() calls, not every log line.
     settings.posting.level = logging.INFO
     settings.posting.loggers = False

@@ -82,6 +82,16 @@ class OperatorSettings(BaseSettings):
     api_connect_timeout_s: float = Field(default=5.0, gt=0)
     """Connect timeout of one API request."""
 
+    kopf_worker_limit: int = Field(default=64, ge=0)
+    """Most objects of one kind kopf processes at once (its ``queueing.worker_limit``); the others'
+    events wait in their queues. It bounds a burst's memory: unbounded, 1000 new resources were all
+    in process at once (458 MB peak) and Python kept most of that after (359 MB); with 64, 189 MB,
+    and the burst was no slower (benchmarks/README.md). 0 = no limit."""
+
+    kopf_idle_timeout_s: float = Field(default=0.5, gt=0)
+    """How long kopf keeps an object's worker after its last event (its ``queueing.idle_timeout``,
+    kopf's default 5 s): an idle worker holds one of ``kopf_worker_limit``'s slots this long."""
+
     kubeconfig: str | None = Field(default=None, validation_alias=AliasChoices("KUBECONFIG"))
     """Outside a pod: the kubeconfig file (``KUBECONFIG``, first entry); in a pod the service account."""
 

@@ -55,6 +55,20 @@ def test_watch_and_api_timeouts_reach_kopf_and_the_client_from_the_settings() ->
         handlers.use_settings(OperatorSettings())
 
 
+def test_kopf_processes_a_bounded_number_of_objects_at_once_and_releases_idle_workers() -> None:
+    """A burst's memory is the objects in process at once (benchmarks/README.md): bounded by default,
+    0 lifts the bound."""
+    try:
+        for ours, limit, idle in ((OperatorSettings(), 64, 0.5), (OperatorSettings(kopf_worker_limit=0,
+                                  kopf_idle_timeout_s=5), None, 5)):
+            handlers.use_settings(ours)
+            settings = kopf.OperatorSettings()
+            handlers.configure(settings=settings)
+            assert (settings.queueing.worker_limit, settings.queueing.idle_timeout) == (limit, idle)
+    finally:
+        handlers.use_settings(OperatorSettings())
+
+
 def test_child_events_run_apart_from_kopf_handler_threads_and_kopf_waits_for_its_own_patch() -> None:
     """In a burst kopf's handler threads are all busy with reconciles: child events (readiness) must
     not queue behind them, and kopf must not re-run the create handler on events queued meanwhile."""
