@@ -15,8 +15,9 @@ hold; plus object counts by type, asyncio tasks and threads.
 
 Under tracemalloc a report also has live traced bytes grouped by who allocated them (``ours`` when
 any frame of the traceback is in paddle_operator, else the package of the innermost frame outside the
-standard library, else the standard-library module) and the top tracebacks. tracemalloc itself roughly doubles the memory and slows the program: RSS figures taken
-under it are not comparable with a plain run.
+standard library, else the standard-library module) and the top tracebacks. tracemalloc itself
+roughly doubles the memory and slows the program: RSS figures taken under it are not comparable with
+a plain run.
 """
 
 from __future__ import annotations
@@ -107,8 +108,6 @@ def pymalloc_accounts() -> dict[str, float]:
         "# arenas allocated current": "arenas",
         "# bytes in allocated blocks": "live_bytes",
         "# bytes in available blocks": "free_block_bytes",
-        "# bytes lost to pool headers": "pool_header_bytes",
-        "# bytes lost to quantization": "quantization_bytes",
         "Total": "total_bytes",  # the first Total: arenas; the second is the arena map's
     }
     out: dict[str, float] = {}
