@@ -225,9 +225,11 @@ def test_concurrent_images_finish_in_arrival_order_not_all_late_together(ocr_ser
     for t in threads:
         t.join(300)
     queued = sorted(b["timings_ms"]["queue"] for _, b in done)
-    # The first two are admitted at once; the last waited for about four others.
+    # The first two are admitted at once; the last is admitted only after four others finished, two
+    # at a time, so it waited at least one whole image (two, less its 0.25 s later arrival, on a quiet
+    # machine; one is the bound that holds however the service times spread under load).
     assert queued[0] < 50 and queued[1] < 50
-    assert queued[-1] > 2 * min(b["timings_ms"]["total"] - b["timings_ms"]["queue"] for _, b in done)
+    assert queued[-1] > min(b["timings_ms"]["total"] - b["timings_ms"]["queue"] for _, b in done)
 
 
 def test_predict_is_the_same_image_route(ocr_server: Any, ocr_cases: list[Case]):
