@@ -172,8 +172,13 @@ def _degraded(s: Served, name: str, prometheus: Prometheus, fallback_uri: str) -
         degraded = _conds(active)["Degraded"]
         line = _status_line(s, name)
         _wait_event(s, name, "Warning", "FallbackActive")
-        fallback_answers = prometheus.query(
-            f'sum(paddle_runtime_requests_total{{namespace="{s.ns}",service="{name}",role="fallback",code="200"}})'
+        # The status reads the pod's fallback state from Prometheus, which can have scraped the switch
+        # before the first answer the fallback gave: its request counter shows up a scrape or two later.
+        fallback_answers = wait_for(
+            lambda: prometheus.query(
+                f'sum(paddle_runtime_requests_total{{namespace="{s.ns}",service="{name}",role="fallback",code="200"}})'
+            ),
+            10 * _scrape_s(prometheus) + 5, "the fallback's answers in Prometheus", dump=dump,
         )
         # The fault goes; main must look healthy for HOLD_S, then each ramp step takes RAMP_STEP_S.
         probe_s = WINDOW * (0.5 + 1.0)  # fallback_probe_interval_s 0.5 + a slow loaded run, per probe
