@@ -285,11 +285,14 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
     key = (svc.namespace, svc.name, svc.uid)
     with _status_lock(key):
         if not problems:
+            # Once this generation was reconciled, child events write status themselves: one may have
+            # written a newer Deployment (Available) while this reconcile applied, and the answer of
+            # the apply above would take Ready back. Before that, a Deployment event left to this
+            # reconcile (see on_child_event) with another status than the one applied says the same.
+            again = _reconciled.get(key) == svc.generation
             _reconciled[key] = svc.generation
-            # A Deployment event left to this reconcile (see on_child_event) with another status than
-            # the Deployment applied above (it may have become Available meanwhile): read it again.
             seen = _deployment_seen.pop(key, None)
-            if seen is not None and seen != ((deployment or {}).get("status") or {}):
+            if again or (seen is not None and seen != ((deployment or {}).get("status") or {})):
                 deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name) or deployment
         elif blocked:
             # Leave whatever exists alone: a Deployment whose Secret vanished keeps serving its model.

@@ -95,3 +95,65 @@ def test_a_child_event_during_the_reconciles_status_write_lands_after_it() -> No
         kube.gate.set()
         memory.forget("prod", "ocr", UID)
         reconcile.forget("prod", "ocr", UID)
+
+
+class StaleApplyKube(GatedKube):
+    """The API server of a second reconcile: its apply answers the Deployment as it was (not
+    Available), then waits at ``gate`` while the Deployment turns Available; GET reads it as it is now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applies = 0
+        self.in_second_apply = threading.Event()
+        self.current: dict[str, Any] | None = None
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.current) if kind == "Deployment" else None
+
+    def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
+        self.applies += 1
+        if self.applies == 2:
+            self.in_second_apply.set()
+            self.gate.wait(5)
+        return [(o, None) for o in objs]
+
+    def apply_status(self, namespace: str, name: str, status: dict[str, Any], manager: str) -> None:
+        self.writes.append(status)
+
+
+def available(svc: PaddleModelService) -> dict[str, Any]:
+    deployment = copy.deepcopy(
+        next(c for c in reconcile.plan(svc) if c["kind"] == "Deployment" and c["metadata"]["name"] == "ocr")
+    )
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = {
+        "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True"}],
+    }  # fmt: skip
+    return deployment
+
+
+def test_a_second_reconcile_of_the_same_generation_does_not_take_ready_back() -> None:
+    """Seen in CI: the recheck's reconcile, then the rollout tick's reconcile of the same generation; an
+    Available event written between the tick's apply and its status write was overwritten."""
+    b = body()
+    svc = PaddleModelService.from_body(b)
+    memory.forget("prod", "ocr", UID)
+    reconcile.forget("prod", "ocr", UID)
+    kube = StaleApplyKube()
+    try:
+        reconcile.reconcile(kube, b)  # the first one: the Deployment is new, not Available
+        assert [ready(w) for w in kube.writes] == ["False"]
+        again = threading.Thread(target=reconcile.reconcile, args=(kube, b))
+        again.start()
+        assert kube.in_second_apply.wait(5)
+        kube.current = available(svc)  # becomes Available while the second reconcile applies
+        reconcile.on_child_event(kube, b, "MODIFIED", available(svc))
+        kube.gate.set()
+        again.join(5)
+        assert not again.is_alive()
+        assert ready(kube.writes[-1]) == "True", [ready(w) for w in kube.writes]
+    finally:
+        kube.gate.set()
+        memory.forget("prod", "ocr", UID)
+        reconcile.forget("prod", "ocr", UID)
