@@ -64,6 +64,18 @@ def ready(status: dict[str, Any]) -> str | None:
     return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
 
 
+def available(svc: PaddleModelService) -> dict[str, Any]:
+    deployment = copy.deepcopy(
+        next(c for c in reconcile.plan(svc) if c["kind"] == "Deployment" and c["metadata"]["name"] == "ocr")
+    )
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = {
+        "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True"}],
+    }  # fmt: skip
+    return deployment
+
+
 def test_a_child_event_during_the_reconciles_status_write_lands_after_it() -> None:
     b = body()
     svc = PaddleModelService.from_body(b)
@@ -75,15 +87,7 @@ def test_a_child_event_during_the_reconciles_status_write_lands_after_it() -> No
         reconciling.start()
         assert kube.in_first_write.wait(5), "the reconcile never wrote status"
         # The Deployment as the API server now reports it: Available.
-        deployment = copy.deepcopy(
-            next(c for c in reconcile.plan(svc) if c["kind"] == "Deployment" and c["metadata"]["name"] == "ocr")
-        )
-        deployment["metadata"]["generation"] = 1
-        deployment["status"] = {
-            "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
-            "conditions": [{"type": "Available", "status": "True"}],
-        }  # fmt: skip
-        event = threading.Thread(target=reconcile.on_child_event, args=(kube, b, "MODIFIED", deployment))
+        event = threading.Thread(target=reconcile.on_child_event, args=(kube, b, "MODIFIED", available(svc)))
         event.start()
         event.join(0.5)  # without the per-resource lock, the event's write lands here, first
         kube.gate.set()
@@ -119,18 +123,6 @@ class StaleApplyKube(GatedKube):
 
     def apply_status(self, namespace: str, name: str, status: dict[str, Any], manager: str) -> None:
         self.writes.append(status)
-
-
-def available(svc: PaddleModelService) -> dict[str, Any]:
-    deployment = copy.deepcopy(
-        next(c for c in reconcile.plan(svc) if c["kind"] == "Deployment" and c["metadata"]["name"] == "ocr")
-    )
-    deployment["metadata"]["generation"] = 1
-    deployment["status"] = {
-        "observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
-        "conditions": [{"type": "Available", "status": "True"}],
-    }  # fmt: skip
-    return deployment
 
 
 def test_a_second_reconcile_of_the_same_generation_does_not_take_ready_back() -> None:
