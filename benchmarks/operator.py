@@ -697,7 +697,7 @@ fig, (a, b) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
 t, rss = zip(*r["rss_series"])
 a.plot([x / 60 for x in t], rss, lw=1)
 a.axvline(r["warmup_minutes"], ls="--", c="gray", label="end of warm-up")
-a.set_ylabel("operator RSS (MB)"); a.set_ylim(bottom=0); a.legend(); a.grid(alpha=.3)
+a.set_ylabel("operator RSS (MB)"); a.set_ylim(0, 1.15 * max(rss)); a.legend(loc="lower right"); a.grid(alpha=.3)
 a.set_title(f"soak: {r['resources']} resources, one spec change per second; RSS growth after warm-up "
             f"{100 * r['rss_growth_after_warmup']:+.1f} %")
 lt, ld = zip(*r["latency_series"])
