@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from paddle_operator import memory, reconcile
 from paddle_operator.spec import PaddleModelService
@@ -76,11 +79,19 @@ def available(svc: PaddleModelService) -> dict[str, Any]:
     return deployment
 
 
-def test_a_child_event_during_the_reconciles_status_write_lands_after_it() -> None:
-    b = body()
-    svc = PaddleModelService.from_body(b)
+@pytest.fixture
+def forgotten() -> Iterator[None]:
+    """The resource unknown to this process's memories before and after the test."""
     memory.forget("prod", "ocr", UID)
     reconcile.forget("prod", "ocr", UID)
+    yield
+    memory.forget("prod", "ocr", UID)
+    reconcile.forget("prod", "ocr", UID)
+
+
+def test_a_child_event_during_the_reconciles_status_write_lands_after_it(forgotten: None) -> None:
+    b = body()
+    svc = PaddleModelService.from_body(b)
     kube = GatedKube()
     try:
         reconciling = threading.Thread(target=reconcile.reconcile, args=(kube, b))
@@ -97,8 +108,6 @@ def test_a_child_event_during_the_reconciles_status_write_lands_after_it() -> No
         assert [ready(w) for w in kube.writes] == ["False", "True"], kube.writes
     finally:
         kube.gate.set()
-        memory.forget("prod", "ocr", UID)
-        reconcile.forget("prod", "ocr", UID)
 
 
 class StaleApplyKube(GatedKube):
@@ -125,13 +134,11 @@ class StaleApplyKube(GatedKube):
         self.writes.append(status)
 
 
-def test_a_second_reconcile_of_the_same_generation_does_not_take_ready_back() -> None:
-    """Seen in CI: the recheck's reconcile, then the rollout tick's reconcile of the same generation; an
-    Available event written between the tick's apply and its status write was overwritten."""
+def test_a_second_reconcile_of_the_same_generation_does_not_take_ready_back(forgotten: None) -> None:
+    """A reconcile of a generation already reconciled (e.g. the rollout tick's after the blocked
+    recheck's): an Available event written between its apply and its status write must stay."""
     b = body()
     svc = PaddleModelService.from_body(b)
-    memory.forget("prod", "ocr", UID)
-    reconcile.forget("prod", "ocr", UID)
     kube = StaleApplyKube()
     try:
         reconcile.reconcile(kube, b)  # the first one: the Deployment is new, not Available
@@ -147,5 +154,3 @@ def test_a_second_reconcile_of_the_same_generation_does_not_take_ready_back() ->
         assert ready(kube.writes[-1]) == "True", [ready(w) for w in kube.writes]
     finally:
         kube.gate.set()
-        memory.forget("prod", "ocr", UID)
-        reconcile.forget("prod", "ocr", UID)
