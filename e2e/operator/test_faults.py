@@ -184,32 +184,38 @@ def _restart_during_burst(
     report: Callable[[str], None],
     component: str,
     sig: int,
-) -> None:
+) -> tuple[int, int, bool]:
+    """Restart ``component`` during a burst, wait for convergence and a spec change of all; returns
+    (ReplicaSets, resources) counted after convergence and whether the operator still runs."""
     names = _burst_started(cluster, fop, ns)
     t0 = time.monotonic()
     down = local.restart(component, sig=sig, down_s=3)
     _wait_converged(cluster, ns, names, fop, f"{component} restarted")
     converged = time.monotonic() - t0
-    assert _replicasets(cluster, ns) == len(names), "a child was re-created or its template changed"
+    replicasets = _replicasets(cluster, ns)
     change = _spec_change_converges(cluster, ns, names, fop)
-    assert fop.proc is not None and fop.proc.poll() is None, "the operator died"
     report(
         f"fault {component} restarted ({signal.Signals(sig).name}) during a burst of {len(names)}: "
         f"down {down:.1f}s, all converged {converged:.1f}s after the restart began; "
         f"a spec change of all afterwards converged in {change:.1f}s"
     )
+    return replicasets, len(names), fop.proc is not None and fop.proc.poll() is None
 
 
 def test_fault_apiserver_restarted_during_a_burst_converges(
     cluster: Any, local: Any, fop: OperatorProcess, ns: str, report: Callable[[str], None]
 ) -> None:
-    _restart_during_burst(cluster, local, fop, ns, report, "kube-apiserver", signal.SIGTERM)
+    replicasets, resources, alive = _restart_during_burst(cluster, local, fop, ns, report, "kube-apiserver", signal.SIGTERM)
+    assert replicasets == resources, "a child was re-created or its template changed"
+    assert alive, "the operator died"
 
 
 def test_fault_etcd_killed_during_a_burst_converges(
     cluster: Any, local: Any, fop: OperatorProcess, ns: str, report: Callable[[str], None]
 ) -> None:
-    _restart_during_burst(cluster, local, fop, ns, report, "etcd", signal.SIGKILL)
+    replicasets, resources, alive = _restart_during_burst(cluster, local, fop, ns, report, "etcd", signal.SIGKILL)
+    assert replicasets == resources, "a child was re-created or its template changed"
+    assert alive, "the operator died"
 
 
 def test_fault_operator_sigkilled_during_a_burst_converges(
