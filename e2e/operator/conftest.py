@@ -58,6 +58,8 @@ class OperatorProcess:
                 f"{NS_PREFIX}*",
                 "--liveness",
                 f"http://127.0.0.1:{self.port}/healthz",
+                # kopf's and our debug lines, for chasing a race (the failure dump shows the log's tail).
+                *(["--verbose"] if os.environ.get("E2E_OPERATOR_VERBOSE") else []),
             ],
             env=self.env,
             stdout=log,

@@ -3,7 +3,9 @@
 Seen in CI: a resource blocked on a missing Secret was rechecked by the rollout loop, whose reconcile
 applied the children and wrote status from the Deployment it had just applied (not Available), while
 a child event wrote status from the Deployment that had become Available. When the reconcile's write
-landed last, Ready stayed False and no later event came to fix it.
+landed last, Ready stayed False and no later event came to fix it. The last test is the interleaving
+a verbose operator log showed: the events arrived during the recheck's apply, while this process
+still held the blocked status as its last write.
 """
 
 from __future__ import annotations
@@ -152,5 +154,48 @@ def test_a_second_reconcile_of_the_same_generation_does_not_take_ready_back(forg
         again.join(5)
         assert not again.is_alive()
         assert ready(kube.writes[-1]) == "True", [ready(w) for w in kube.writes]
+    finally:
+        kube.gate.set()
+
+
+class RecheckKube(StaleApplyKube):
+    """The API server of a blocked resource's recheck: the Secret now exists; the recheck's apply (the
+    first apply of the children) waits at ``gate`` while the new Deployment turns Available."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secret: dict[str, Any] | None = None
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind == "Secret":
+            return copy.deepcopy(self.secret)
+        return super().get(api_version, kind, namespace, name)
+
+    def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
+        self.in_second_apply.set()
+        self.gate.wait(5)
+        return [(o, None) for o in objs]
+
+
+def test_a_deployment_event_during_a_blocked_resources_recheck_is_not_lost(forgotten: None) -> None:
+    b = body()
+    b["spec"]["model"]["signature"] = {"hmacKeySecretRef": {"name": "model-hmac"}}
+    svc = PaddleModelService.from_body(b)
+    kube = RecheckKube()
+    try:
+        blocked = reconcile.reconcile(kube, b)  # no Secret: blocked, nothing applied
+        assert [p.reason for p in blocked.problems] == ["SecretNotFound"]
+        b["status"] = blocked.status
+        kube.secret = {"data": {"hmac.key": "czNjcmV0"}}
+        recheck = threading.Thread(target=reconcile.reconcile, args=(kube, copy.deepcopy(b)))
+        recheck.start()
+        assert kube.in_second_apply.wait(5)
+        # The new Deployment's events, the last one Available, all handled before the recheck writes.
+        kube.current = available(svc)
+        reconcile.on_child_event(kube, copy.deepcopy(b), "ADDED", available(svc))
+        kube.gate.set()
+        recheck.join(5)
+        assert not recheck.is_alive()
+        assert ready(kube.writes[-1]) == "True", [(ready(w), w.get("readyReplicas")) for w in kube.writes]
     finally:
         kube.gate.set()
