@@ -40,6 +40,7 @@ from .prometheus import PrometheusQuerier
 from .rollout import Unreachable
 from .settings import OperatorSettings
 from .spec import FIELD_MANAGER, GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, PLURAL, VERSION
+from .status import ready_status
 from .truth import PodFailure, Reports, pod_failure
 
 log = logging.getLogger(__name__)
@@ -145,13 +146,6 @@ def _plain(body: Any) -> dict[str, Any]:
     }
 
 
-def _ready(status: dict[str, Any] | None) -> str | None:
-    for c in (status or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return c.get("status")
-    return None
-
-
 def _blocked(status: dict[str, Any] | None) -> bool:
     """The last reconcile found a blocking problem (ReconcileError=True)."""
     return any(
@@ -197,7 +191,7 @@ def pms_reconcile(*, body: kopf.Body, reason: str, retry: int, logger: kopf.Logg
         # new object, because the event of its own patch came later than its consistency timeout (a
         # burst of 1000). Nothing to do; the first reconcile applied this generation.
         return
-    before = _ready(plain["status"])
+    before = ready_status(plain["status"])
     try:
         result = rc.reconcile(kube(), plain)
     except KubeError as e:
@@ -211,7 +205,7 @@ def pms_reconcile(*, body: kopf.Body, reason: str, retry: int, logger: kopf.Logg
         every = operator_settings().blocked_recheck_s
         kopf.warn(body, reason=result.problems[0].reason, message=f"{message} (rechecked every {every:.0f}s)")
         return
-    after = _ready(result.status)
+    after = ready_status(result.status)
     if after != before and after == "True":
         kopf.info(body, reason="Ready", message=f"serving at {result.svc.url}")
     if result.pruned:
@@ -574,7 +568,7 @@ async def child_event(
     }
     if body.get("kind") != "ConfigMap":
         child.pop("data")
-    before = _ready(pms_body.get("status"))
+    before = ready_status(pms_body.get("status"))
     loop = asyncio.get_running_loop()
     try:
         restored, _written = await loop.run_in_executor(
@@ -587,7 +581,7 @@ async def child_event(
     if restored:
         kopf.info(event_body, reason="DriftRestored",
                   message=f"{child['kind']} {child['metadata'].get('name')} put back to the spec")
-    after = _ready(rc.last_status(namespace, owner, pms_body["metadata"].get("uid", "")))
+    after = ready_status(rc.last_status(namespace, owner, pms_body["metadata"].get("uid", "")))
     if after == "True" and before != "True":
         kopf.info(event_body, reason="Ready", message="Deployment available")
 

@@ -24,7 +24,7 @@ from .spec import (
     PaddleModelService,
     parse_pvc_uri,
 )
-from .status import STATUS_MANAGER, Observed, Problem, compute_status, status_changed
+from .status import STATUS_MANAGER, Observed, Problem, compute_status, ready_status, status_changed
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
         )
         log.debug(
             "reconcile %s/%s gen %s: ready %s, written %s",
-            svc.namespace, svc.name, svc.generation, _ready_of(result.status), result.status_written,
+            svc.namespace, svc.name, svc.generation, ready_status(result.status), result.status_written,
         )
     return result
 
@@ -379,9 +379,6 @@ def on_child_event(
             hpa = None if event_type == "DELETED" and not restored else current
             deployment = kube.get("apps/v1", "Deployment", svc.namespace, name)
         status, written = write_status(kube, svc, Observed(deployment=deployment, hpa=hpa, problems=problems), old_status)
-        log.debug("%s %s/%s event: ready %s, written %s", kind, svc.namespace, name, _ready_of(status), written)
+        log.debug("%s %s/%s event: ready %s, written %s", kind, svc.namespace, name, ready_status(status), written)
     return restored, written
 
-
-def _ready_of(status: dict[str, Any]) -> str | None:
-    return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)

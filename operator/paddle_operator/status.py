@@ -67,6 +67,12 @@ def _cond(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any]
     return None
 
 
+def ready_status(status: dict[str, Any] | None) -> str | None:
+    """The status ("True"/"False"/"Unknown") of the Ready condition, None when there is none."""
+    c = _cond((status or {}).get("conditions"), "Ready")
+    return None if c is None else c.get("status")
+
+
 def merge_conditions(
     old: list[dict[str, Any]] | None, new: list[dict[str, Any]], now: str
 ) -> list[dict[str, Any]]:
