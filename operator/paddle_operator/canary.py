@@ -349,7 +349,7 @@ def evaluate_sla(
 # ------------------------------------------------------------------------------ what the pods report
 
 # What apply_truth last applied per resource: the watch-fed status can lag our own write.
-_truth_written: dict[memory.Key, dict[str, Any]] = {}
+_truth_written = memory.Compact()
 
 
 # The pod reports last used per resource, to bridge a pod's missed scrape (truth.carry_over).
@@ -358,7 +358,7 @@ _reports_seen: dict[memory.Key, dict[str, dict[str, truth.PodReport]]] = {}
 
 def forget_truth(key: memory.Key) -> None:
     """Drop the memory of a deleted resource."""
-    _truth_written.pop(key, None)
+    _truth_written.pop(key)
     _reports_seen.pop(key, None)
 
 
@@ -383,5 +383,5 @@ def apply_truth(
     if fresh == truth.comparable(previous) and fresh == truth.comparable(old):
         return False, []
     kube.apply_status(svc.namespace, svc.name, new, TRUTH_MANAGER)
-    _truth_written[key] = new
+    _truth_written.put(key, new)
     return True, truth.transitions(previous, new)

@@ -154,12 +154,62 @@ def _blocked(status: dict[str, Any] | None) -> bool:
     )
 
 
+def rollout_fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything a rollout tick reads that can change while the resource is idle."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    rollout = json.dumps(status.get("rollout"), sort_keys=True, default=str)
+    return (meta.get("uid"), meta.get("generation"), status.get("stableTag"), rollout)
+
+
+def has_sla(body: dict[str, Any]) -> bool:
+    """The spec names an SLA target the evaluator can measure."""
+    sla = (body.get("spec") or {}).get("sla") or {}
+    return sla.get("latencyP99Ms") is not None or sla.get("availability") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """A PaddleModelService as ``pms_index`` keeps it: the plain body as one compact JSON string, and
+    the few fields the rollout loop reads every tick for every resource.
+
+    Kept as dicts, the bodies of 1000 resources were ~10 MB of small objects, made during a burst in
+    between its short-lived ones, each pinning the pymalloc arena it sits in (benchmarks/README.md).
+    A string is a fifth of that and lives in glibc's heap, which the operator trims. Decoded where a
+    resource has work: a child event, a due rollout tick, the truth pass (``body()``, a fresh dict).
+    """
+
+    doc: str
+    fingerprint: tuple[Any, ...]
+    deleting: bool
+    blocked: bool
+    sla: bool
+    sla_status: bool
+    prometheus_url: str | None  # spec.rollout.analysis.prometheusURL
+
+    @classmethod
+    def of(cls, body: Any) -> Indexed:
+        """The entry for a kopf body (or any dict shaped like one)."""
+        plain = _plain(body)
+        return cls(
+            doc=json.dumps(plain, separators=(",", ":"), default=str),
+            fingerprint=rollout_fingerprint(plain),
+            deleting=bool(plain["metadata"].get("deletionTimestamp")),
+            blocked=_blocked(plain["status"]),
+            sla=has_sla(plain),
+            sla_status=canary.has_sla_status(plain),
+            prometheus_url=((plain["spec"].get("rollout") or {}).get("analysis") or {}).get("prometheusURL"),
+        )
+
+    def body(self) -> dict[str, Any]:
+        """The plain body (a new dict on every call)."""
+        body: dict[str, Any] = json.loads(self.doc)
+        return body
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
-def pms_index(
-    *, body: kopf.Body, namespace: str | None, name: str, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Index entry: (namespace, name) -> the plain body."""
-    return {(namespace or "default", name): _plain(body)}
+def pms_index(*, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str], Indexed]:
+    """Index entry: (namespace, name) -> the resource, compact (:class:`Indexed`)."""
+    return {(namespace or "default", name): Indexed.of(body)}
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY})
@@ -314,46 +364,33 @@ class RolloutLoop:
         self._next_truth = 0.0
         self._truth_task: asyncio.Task[None] | None = None
 
-    @staticmethod
-    def fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
-        """Everything a rollout tick reads that can change while the resource is idle."""
-        meta, status = body.get("metadata") or {}, body.get("status") or {}
-        rollout = json.dumps(status.get("rollout"), sort_keys=True, default=str)
-        return (meta.get("uid"), meta.get("generation"), status.get("stableTag"), rollout)
-
-    @staticmethod
-    def has_sla(body: dict[str, Any]) -> bool:
-        """The spec names an SLA target the evaluator can measure."""
-        sla = (body.get("spec") or {}).get("sla") or {}
-        return sla.get("latencyP99Ms") is not None or sla.get("availability") is not None
-
     def due(self, index: Any, now: float) -> list[Work]:
         """The work of this period, one entry per resource that has any."""
         work = []
         seen = set()
         for key, store in list(index.items()):
             seen.add(key)
-            bodies = list(store)
-            if key in self._busy or not bodies:
+            entries: list[Indexed] = list(store)
+            if key in self._busy or not entries:
                 continue
-            body = bodies[-1]
-            if body["metadata"].get("deletionTimestamp"):
+            entry = entries[-1]
+            if entry.deleting:
                 continue
-            tick = self._idle.get(key) != self.fingerprint(body)
-            if self.has_sla(body):
+            tick = self._idle.get(key) != entry.fingerprint
+            if entry.sla:
                 self._sla_cleared.discard(key)
                 sla = now >= self._next_sla.get(key, 0.0)
             else:
-                sla = key not in self._sla_cleared and canary.has_sla_status(body)
+                sla = key not in self._sla_cleared and entry.sla_status
             recheck = False
-            if _blocked(body.get("status")):
+            if entry.blocked:
                 # First seen blocked: the reconcile that found it just ran; recheck one period later.
                 first = self._next_recheck.setdefault(key, now + self.settings.blocked_recheck_s)
                 recheck = now >= first
             else:
                 self._next_recheck.pop(key, None)
             if tick or sla or recheck:
-                work.append(Work(key, body, tick, sla, recheck))
+                work.append(Work(key, entry.body(), tick, sla, recheck))
         for gone in (set(self._idle) | set(self._next_sla) | set(self._next_recheck)) - seen:
             self._sla_cleared.discard(gone)
             self._idle.pop(gone, None)
@@ -379,7 +416,7 @@ class RolloutLoop:
                 idle = not (tick.status or tick.applied or tick.events) and memory.settled(
                     meta["namespace"], meta["name"], meta.get("uid", "")
                 )
-            if w.sla and self.has_sla(w.body):
+            if w.sla and has_sla(w.body):
                 canary.evaluate_sla(kube(), w.body, self.settings, now=now)
                 evaluated = True
             elif w.sla:
@@ -399,7 +436,7 @@ class RolloutLoop:
             done = await loop.run_in_executor(self._pool, self.run_one, w, now)
             if w.tick:
                 if done.idle:
-                    self._idle[w.key] = self.fingerprint(w.body)
+                    self._idle[w.key] = rollout_fingerprint(w.body)
                 else:
                     self._idle.pop(w.key, None)
             if done.evaluated:
@@ -410,16 +447,15 @@ class RolloutLoop:
             self._busy.discard(w.key)
 
     def truth_pass(
-        self, bodies: list[dict[str, Any]], failures: dict[tuple[str, str], list[PodFailure]] | None = None
+        self, entries: list[Indexed], failures: dict[tuple[str, str], list[PodFailure]] | None = None
     ) -> dict[str, int]:
         """In a worker thread: read the pods' reports once per Prometheus and apply every resource's
         truth fields that changed, posting an event per transition. ``failures``: the pods whose
         model fetch failed, per resource (from ``pod_failures``). Returns counts (for tests)."""
         failures = failures or {}
-        by_url: dict[str | None, list[dict[str, Any]]] = {}
-        for body in bodies:
-            analysis = ((body.get("spec") or {}).get("rollout") or {}).get("analysis") or {}
-            by_url.setdefault(analysis.get("prometheusURL") or self.settings.prometheus_url, []).append(body)
+        by_url: dict[str | None, list[Indexed]] = {}
+        for entry in entries:
+            by_url.setdefault(entry.prometheus_url or self.settings.prometheus_url, []).append(entry)
         counts = {"queries": 0, "written": 0, "events": 0, "skipped": 0}
         for url, group in by_url.items():
             reports: Reports | None = None
@@ -433,7 +469,8 @@ class RolloutLoop:
                     counts["skipped"] += len(group)
                     continue
                 reports = got
-            for body in group:
+            for entry in group:
+                body = entry.body()  # one resource decoded at a time
                 meta = body["metadata"]
                 key = (meta.get("namespace") or "default", meta["name"])
                 try:
@@ -452,10 +489,10 @@ class RolloutLoop:
                     counts["events"] += 1
         return counts
 
-    async def _truth(self, bodies: list[dict[str, Any]], failures: dict[tuple[str, str], list[PodFailure]]) -> None:
+    async def _truth(self, entries: list[Indexed], failures: dict[tuple[str, str], list[PodFailure]]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, self.truth_pass, bodies, failures)
+            await loop.run_in_executor(self._pool, self.truth_pass, entries, failures)
         except Exception:  # noqa: BLE001 - the next period tries again
             log.exception("truth pass")
 
@@ -465,12 +502,11 @@ class RolloutLoop:
         if now < self._next_truth or (self._truth_task is not None and not self._truth_task.done()):
             return
         self._next_truth = now + self.settings.truth_period_s
-        bodies = [
-            store[-1] for store in (list(s) for s in list(index.values()))
-            if store and not store[-1]["metadata"].get("deletionTimestamp")
+        entries: list[Indexed] = [
+            store[-1] for store in (list(s) for s in list(index.values())) if store and not store[-1].deleting
         ]
         failures = {key: list(store) for key, store in list((failures_index or {}).items())}
-        self._truth_task = asyncio.create_task(self._truth(bodies, failures), name="truth pass")
+        self._truth_task = asyncio.create_task(self._truth(entries, failures), name="truth pass")
 
     def start_pool(self) -> None:
         """Create the worker threads (run() does; tests call it directly)."""
@@ -548,14 +584,14 @@ async def child_event(
     a Deployment turning Available waited behind every reconcile still applying children (Ready was
     written minutes after the Deployment was available).
     """
-    pms_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pms_index"]
+    pms_index: kopf.Index[tuple[str, str], Indexed] = kwargs["pms_index"]
     owner = labels.get(LABEL_SERVICE)
     if not owner or namespace is None:
         return
     found = list(pms_index.get((namespace, owner), []))
     if not found:
         return  # owner gone (garbage collection in progress) or not yet indexed: its reconcile will apply
-    pms_body = found[-1]
+    pms_body = found[-1].body()
     # kopf.info() reads only apiVersion, kind and metadata: the plain indexed body serves as one.
     event_body = cast(kopf.Body, pms_body)
     child: dict[str, Any] = {

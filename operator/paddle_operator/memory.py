@@ -112,3 +112,40 @@ def clear() -> None:
     with _lock:
         _memory.clear()
         _written.clear()
+
+
+class Compact:
+    """Per-resource status dicts kept as compact JSON strings, decoded on each read.
+
+    At 1000 resources the last written statuses, kept as dicts, were megabytes of small objects made
+    during a burst; each such object pins the pymalloc arena it sits in (benchmarks/README.md). One
+    string per resource is a fraction of the size and, above pymalloc's 512-byte classes, lives in
+    glibc's heap, which the operator trims. Every read returns a fresh dict, so no caller can alter
+    what is kept.
+    """
+
+    def __init__(self) -> None:
+        self._docs: dict[Any, str] = {}
+
+    def get(self, k: Any) -> dict[str, Any] | None:
+        """The dict kept for ``k`` (a new copy), or None."""
+        doc = self._docs.get(k)
+        return None if doc is None else json.loads(doc)
+
+    def put(self, k: Any, value: dict[str, Any]) -> None:
+        """Keep ``value`` (as it is now) for ``k``."""
+        self._docs[k] = json.dumps(value, separators=(",", ":"), default=str)
+
+    def pop(self, k: Any) -> None:
+        """Forget ``k``."""
+        self._docs.pop(k, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._docs.clear()
+
+    def __contains__(self, k: object) -> bool:
+        return k in self._docs
+
+    def __len__(self) -> int:
+        return len(self._docs)

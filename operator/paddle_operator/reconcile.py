@@ -175,12 +175,12 @@ def carried_problems(svc: PaddleModelService, old_status: dict[str, Any] | None)
 
 # Last status each object was given by this process. The watch-fed copy of an object can lag our own
 # write by a moment; a write is skipped only when both copies already say the same thing.
-_last_written: dict[tuple[str, str, str], dict[str, Any]] = {}
+_last_written = memory.Compact()
 
 
 def last_status(namespace: str, name: str, uid: str) -> dict[str, Any]:
     """The status this process last applied to the resource ({} when none)."""
-    return dict(_last_written.get((namespace, name, uid)) or {})
+    return _last_written.get((namespace, name, uid)) or {}
 
 
 def write_status(
@@ -193,7 +193,7 @@ def write_status(
     if not status_changed(old_status, status) and (last is None or not status_changed(last, status)):
         return status, False
     kube.apply_status(svc.namespace, svc.name, status, STATUS_MANAGER)
-    _last_written[key] = status
+    _last_written.put(key, status)
     return status, True
 
 
@@ -229,7 +229,7 @@ def reconciled_generation(namespace: str, name: str, uid: str) -> int | None:
 def forget(namespace: str, name: str, uid: str) -> None:
     """Drop per-object memory when the resource is gone."""
     key = (namespace, name, uid)
-    _last_written.pop(key, None)
+    _last_written.pop(key)
     _reconciled.pop(key, None)
     _pruned_for.pop(key, None)
     _deployment_seen.pop(key, None)

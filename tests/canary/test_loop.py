@@ -61,6 +61,11 @@ def body(tag="v1", stable="v1", sla=False, generation=3, rollout=None):
 KEY = ("prod", "ocr")
 
 
+def entry(b):
+    """The index entry kopf would keep for body ``b``."""
+    return handlers.Indexed.of(b)
+
+
 @pytest.fixture
 def kube(monkeypatch):
     fake = FakeKube()
@@ -90,37 +95,37 @@ def run_due(rl, index, now):
 
 
 def test_idle_resource_is_skipped_until_its_spec_changes(kube, loop):
-    index = {KEY: [body()]}
+    index = {KEY: [entry(body())]}
     assert run_due(loop, index, 1000.0) == [(KEY, True, False)]  # first look
     assert run_due(loop, index, 1005.0) == []  # idle: nothing per tick
     assert run_due(loop, index, 1010.0) == []
     assert kube.patches == [] and kube.events == []
     # A new tag (new generation) is a rollout to start: picked up at the next tick.
-    index[KEY] = [body(tag="v2", generation=4)]
+    index[KEY] = [entry(body(tag="v2", generation=4))]
     assert run_due(loop, index, 1015.0) == [(KEY, True, False)]
     assert kube.patches and kube.patches[-1]["rollout"]["phase"] == "Progressing"
 
 
 def test_rollout_in_progress_is_ticked_every_period(kube, loop):
-    index = {KEY: [body(tag="v2", stable="v1")]}
+    index = {KEY: [entry(body(tag="v2", stable="v1"))]}
     assert run_due(loop, index, 1000.0) == [(KEY, True, False)]
     # status as the operator wrote it (the watch delivers it): still in progress, so still ticked
     written = copy.deepcopy(kube.patches[-1]["rollout"])
-    index[KEY] = [body(tag="v2", stable="v1", rollout=written)]
+    index[KEY] = [entry(body(tag="v2", stable="v1", rollout=written))]
     assert run_due(loop, index, 1005.0) == [(KEY, True, False)]
     assert run_due(loop, index, 1010.0) == [(KEY, True, False)]
 
 
 def test_status_change_wakes_an_idle_resource(kube, loop):
-    index = {KEY: [body()]}
+    index = {KEY: [entry(body())]}
     run_due(loop, index, 1000.0)
     assert run_due(loop, index, 1005.0) == []
-    index[KEY] = [body(rollout={"phase": "Promoted", "tag": "v1"})]
+    index[KEY] = [entry(body(rollout={"phase": "Promoted", "tag": "v1"}))]
     assert run_due(loop, index, 1010.0) == [(KEY, True, False)]
 
 
 def test_sla_refreshed_once_per_period(kube, loop):
-    index = {KEY: [body(sla=True)]}
+    index = {KEY: [entry(body(sla=True))]}
     assert run_due(loop, index, 1000.0) == [(KEY, True, True)]
     # No Prometheus: SLAMet Unknown written once.
     assert any("sla" in p for p in kube.patches)
@@ -130,7 +135,7 @@ def test_sla_refreshed_once_per_period(kube, loop):
 
 
 def test_deleted_resources_are_forgotten(kube, loop):
-    index = {KEY: [body(sla=True)]}
+    index = {KEY: [entry(body(sla=True))]}
     run_due(loop, index, 1000.0)
     assert KEY in loop._idle and KEY in loop._next_sla
     del index[KEY]
@@ -157,7 +162,7 @@ def test_blocked_resource_is_reconciled_again_every_recheck_period(kube, loop):
     blocked["status"]["conditions"] = [
         {"type": "ReconcileError", "status": "True", "reason": "SecretNotFound", "message": "no Secret"}
     ]
-    index = {KEY: [blocked]}
+    index = {KEY: [entry(blocked)]}
     period = SETTINGS.blocked_recheck_s
     assert not any(w.recheck for w in loop.due(index, 1000.0))  # the reconcile that found it just ran
     assert not any(w.recheck for w in loop.due(index, 1000.0 + period - 1))
@@ -170,7 +175,7 @@ def test_blocked_resource_is_reconciled_again_every_recheck_period(kube, loop):
     assert error["status"] == "False"
     assert [e["reason"] for e in kube.events] == ["Reconciled"]
     # Once the status says unblocked, no more rechecks.
-    index[KEY] = [body()]
+    index[KEY] = [entry(body())]
     assert not any(w.recheck for w in loop.due(index, 1000.0 + 3 * period))
 
 
@@ -178,7 +183,7 @@ def test_sla_status_is_released_when_the_spec_drops_its_targets(kube, loop):
     measured = body()
     measured["status"]["sla"] = {"summary": "80ms/100ms", "p99Ms": 80.0}
     measured["status"]["conditions"] = [{"type": "SLAMet", "status": "True", "reason": "WithinSLA"}]
-    index = {KEY: [measured]}
+    index = {KEY: [entry(measured)]}
     assert run_due(loop, index, 1000.0) == [(KEY, True, True)]
     # The SLA writer applies an empty status under its field manager: its fields are removed.
     assert {} in kube.patches
@@ -190,7 +195,7 @@ def test_writes_the_lagging_body_has_not_caught_up_with_are_not_repeated(kube, l
     """In a burst the watch-fed body lags our own writes by minutes: the rollout and SLA writers must
     not apply the same status again every period (7 and 4 writes per new resource, measured)."""
     stale = body(tag="v2", stable="v1", sla=True)  # a rollout in progress: ticked every period
-    index = {KEY: [stale]}
+    index = {KEY: [entry(stale)]}
     run_due(loop, index, 1000.0)
     rollout_writes = [p for p in kube.patches if "rollout" in p]
     sla_writes = [p for p in kube.patches if "sla" in p]
@@ -201,7 +206,7 @@ def test_writes_the_lagging_body_has_not_caught_up_with_are_not_repeated(kube, l
     assert [p for p in kube.patches if "rollout" in p] == rollout_writes
     assert [p for p in kube.patches if "sla" in p] == sla_writes
     # A real change is still written.
-    index[KEY] = [body(tag="v3", stable="v1", sla=True, generation=4)]
+    index[KEY] = [entry(body(tag="v3", stable="v1", sla=True, generation=4))]
     run_due(loop, index, 1200.0)
     assert len([p for p in kube.patches if "rollout" in p]) == 2
 

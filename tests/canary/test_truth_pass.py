@@ -100,11 +100,12 @@ def test_one_query_for_1000_resources_and_writes_only_where_the_truth_changed(
     monkeypatch.setattr(handlers, "_kube", kube)  # the API client the pass writes through
     loop = handlers.RolloutLoop(OperatorSettings(prometheus_url=prometheus))
     bodies = [_body(i) for i in range(N)]
+    entries = [handlers.Indexed.of(b) for b in bodies]
     for i in range(N):
         canary.forget_truth(("prod", f"m{i}", f"u-{i}"))
     before = _queries_answered(prometheus)
     t0 = time.perf_counter()
-    first = loop.truth_pass(bodies)
+    first = loop.truth_pass(entries)
     first_s = time.perf_counter() - t0
     assert first == {"queries": 1, "written": N, "events": 0, "skipped": 0}
     # Prometheus saw one query (its counter is updated after the answer is sent: allow it a moment).
@@ -116,15 +117,16 @@ def test_one_query_for_1000_resources_and_writes_only_where_the_truth_changed(
     by_name = {b["metadata"]["name"]: b for b in bodies}
     for _, name, status in kube.applied:
         by_name[name]["status"] = status
+    entries = [handlers.Indexed.of(b) for b in bodies]
     # Nothing changed: the next pass writes nothing.
     t0 = time.perf_counter()
-    second = loop.truth_pass(bodies)
+    second = loop.truth_pass(entries)
     second_s = time.perf_counter() - t0
     assert second == {"queries": 1, "written": 0, "events": 0, "skipped": 0}
     assert len(kube.applied) == N
     # One resource's pod fails its fetch: one write and one event for it, nobody else touched.
     failing = {("prod", "m7"): [PodFailure("m7-abc", "fetch-model", "fetch failed: checksum: mismatch")]}
-    third = loop.truth_pass(bodies, failing)
+    third = loop.truth_pass(entries, failing)
     assert third == {"queries": 1, "written": 1, "events": 2, "skipped": 0}
     assert [name for _, name, _ in kube.applied[N:]] == ["m7"]
     print(f"\n[truth pass] {N} resources: first pass {first_s:.2f}s ({N} writes), unchanged pass {second_s:.2f}s")
