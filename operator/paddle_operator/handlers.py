@@ -25,7 +25,6 @@ import datetime
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote
@@ -36,6 +35,7 @@ from . import canary, memory
 from . import reconcile as rc
 from .kinds import OBSERVED, WATCHED
 from .kube import Kube, KubeError
+from .pool import ElasticPool
 from .prometheus import PrometheusQuerier
 from .rollout import Unreachable
 from .settings import OperatorSettings
@@ -78,6 +78,7 @@ def kube() -> Kube:
             kubeconfig=s.kubeconfig,
             apply_workers=s.apply_workers,
             timeout=(s.api_connect_timeout_s, s.api_timeout_s),
+            thread_idle_s=s.thread_idle_s,
         )
     return _kube
 
@@ -115,6 +116,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Service and Deployment in the cluster out of this process.
     for k in WATCHED + OBSERVED:
         settings.watching.label_selectors[k.plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    # kopf's handler threads exit when idle, as ours do (pool.py): a burst's threads do not stay.
+    settings.execution.executor = ElasticPool(ours.workers, thread_name_prefix="handler", idle_s=ours.thread_idle_s)
     settings.execution.max_workers = ours.workers
     # A burst's memory: objects in process at once, each idle worker's slot released soon.
     settings.queueing.worker_limit = ours.kopf_worker_limit or None
@@ -360,7 +363,7 @@ class RolloutLoop:
         self._sla_cleared: set[tuple[str, str]] = set()  # once per process: older writers' fields stay
         self._busy: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ElasticPool | None = None
         self._next_truth = 0.0
         self._truth_task: asyncio.Task[None] | None = None
 
@@ -510,7 +513,7 @@ class RolloutLoop:
 
     def start_pool(self) -> None:
         """Create the worker threads (run() does; tests call it directly)."""
-        self._pool = ThreadPoolExecutor(self.settings.rollout_workers, thread_name_prefix="rollout")
+        self._pool = ElasticPool(self.settings.rollout_workers, thread_name_prefix="rollout", idle_s=self.settings.thread_idle_s)
 
     def stop_pool(self) -> None:
         """Stop the worker threads."""
@@ -558,14 +561,15 @@ def indexed_count(**kwargs: Any) -> int:
     return len(kwargs["pms_index"])
 
 
-_child_pool: ThreadPoolExecutor | None = None
+_child_pool: ElasticPool | None = None
 
 
-def child_pool() -> ThreadPoolExecutor:
+def child_pool() -> ElasticPool:
     """The threads child events are handled in (``child_workers``), apart from kopf's handler threads."""
     global _child_pool
     if _child_pool is None:
-        _child_pool = ThreadPoolExecutor(operator_settings().child_workers, thread_name_prefix="child")
+        s = operator_settings()
+        _child_pool = ElasticPool(s.child_workers, thread_name_prefix="child", idle_s=s.thread_idle_s)
     return _child_pool
 
 

@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -18,6 +17,7 @@ import urllib3
 from kubernetes import client, config
 
 from .kinds import PLURALS
+from .pool import ElasticPool
 from .spec import API_VERSION, FIELD_MANAGER, KIND
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,13 @@ class Kube:
         kubeconfig: str | None = None,
         apply_workers: int = 32,
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        thread_idle_s: float = 30.0,
     ) -> None:
         self.api = api or load_api_client(kubeconfig=kubeconfig)
         # Keywords: urllib3.Timeout's first positional parameter is the *total* time, not connect.
         self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         # Shared by all reconciles; each submits its few children and waits for them (no nested submits).
-        self._apply_pool = ThreadPoolExecutor(apply_workers, thread_name_prefix="apply")
+        self._apply_pool = ElasticPool(apply_workers, thread_name_prefix="apply", idle_s=thread_idle_s)
         # The API server allocates ClusterIPs one at a time (kube-apiserver 1.34 holds one lock across
         # the IPAddress write: ipallocator.MetaAllocator.AllocateNextService), so a burst of new
         # Services queues there. Sent all at once (up to one per reconcile thread), they waited past

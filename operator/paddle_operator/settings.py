@@ -35,6 +35,10 @@ class OperatorSettings(BaseSettings):
     rollout_workers: int = Field(default=8, ge=1)
     """Threads the shared rollout loop runs its API and Prometheus calls in."""
 
+    thread_idle_s: float = Field(default=30.0, gt=0)
+    """A thread of any of the pools above that found no work for this long exits (started again on
+    demand): a burst's threads and their stacks do not stay resident."""
+
     rollout_tick_s: float = Field(default=5.0, gt=0)
     """Period of the shared rollout loop: how late a rollout step or readiness change is seen.
     Analyses still run every ``spec.rollout.intervalSeconds``."""

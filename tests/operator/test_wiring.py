@@ -6,6 +6,7 @@ import kopf
 
 from paddle_operator import handlers, kinds, memory, reconcile
 from paddle_operator.plan import RUNNING, Shape
+from paddle_operator.pool import ElasticPool
 from paddle_operator.settings import OperatorSettings
 from paddle_operator.spec import PaddleModelService
 
@@ -21,7 +22,7 @@ def _svc() -> PaddleModelService:
 
 
 def test_kopf_watches_and_filters_exactly_the_registry_child_kinds() -> None:
-    handlers.use_settings(OperatorSettings(workers=7))
+    handlers.use_settings(OperatorSettings(workers=7, thread_idle_s=12))
     settings = kopf.OperatorSettings()
     handlers.configure(settings=settings)
     # Children, and the pods (read for failed model fetches), are filtered by the API server.
@@ -29,6 +30,10 @@ def test_kopf_watches_and_filters_exactly_the_registry_child_kinds() -> None:
         k.plural for k in kinds.WATCHED + kinds.OBSERVED
     }
     assert settings.execution.max_workers == 7
+    # kopf's handler threads come from our pool, whose idle threads exit (pool.py).
+    executor = settings.execution.executor
+    assert isinstance(executor, ElasticPool)
+    assert (executor._max_workers, executor._idle_s) == (7, 12)
     # Router kinds are owned (applied, pruned) but not watched: their CRDs are optional.
     assert {k.kind for k in kinds.OWNED} - {k.kind for k in kinds.WATCHED} == {
         "HTTPRoute",
