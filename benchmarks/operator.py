@@ -206,7 +206,7 @@ def create_all(kube: Any, m: Milestones, items: list[tuple[str, dict[str, Any]]]
 
     def create(item: tuple[str, dict[str, Any]]) -> None:
         path, body = item
-        m.created[body["metadata"]["name"]] = time.monotonic()
+        m.created.setdefault(body["metadata"]["name"], time.monotonic())  # a resource's first object
         kube.request("POST", path, body=body)
 
     t0 = time.monotonic()
@@ -304,17 +304,28 @@ def bodies(example: dict[str, Any], first: int, last: int, scaled: bool) -> list
     return out
 
 
-def control_deployment(body: dict[str, Any]) -> dict[str, Any]:
-    """The Deployment the operator would apply for ``body``, as a standalone object."""
+def control_objects(body: dict[str, Any], full: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """What the control creates for ``body``, as standalone objects (path, object): the Deployment the
+    operator would apply; ``full``: every child the operator would apply, the Deployment first."""
     from paddle_operator.reconcile import plan
     from paddle_operator.spec import PaddleModelService
 
     body = dict(body, metadata=dict(body["metadata"], uid="control", generation=1))
-    dep = next(c for c in plan(PaddleModelService.from_body(body)) if c["kind"] == "Deployment")
-    dep = copy.deepcopy(dep)
-    dep["metadata"].pop("ownerReferences", None)
-    dep["metadata"]["namespace"] = CONTROL_NS
-    return dep
+    children = sorted(plan(PaddleModelService.from_body(body)), key=lambda c: c["kind"] != "Deployment")
+    out = []
+    for child in children if full else children[:1]:
+        child = copy.deepcopy(child)
+        child["metadata"].pop("ownerReferences", None)
+        child["metadata"]["namespace"] = CONTROL_NS
+        plural = {
+            "ConfigMap": "configmaps",
+            "Deployment": "deployments",
+            "Service": "services",
+            "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+            "PodDisruptionBudget": "poddisruptionbudgets",
+        }[child["kind"]]
+        out.append((CHILD_PATHS[plural].format(ns=CONTROL_NS), child))
+    return out
 
 
 def expected_children(b: dict[str, Any]) -> int:
@@ -328,13 +339,14 @@ def run_phase(
     timeout: float,
     settle: float,
     memreport: Any = None,
+    full_control: bool = False,
 ) -> dict[str, Any]:
     """The control burst, then the operator burst of the same resources; milestones and difference."""
     ctl = Milestones({b["metadata"]["name"]: 1 for b in items})
     start_watches(kube, ctl, control=True)
     time.sleep(1)
-    deps = [(CHILD_PATHS["deployments"].format(ns=CONTROL_NS), control_deployment(b)) for b in items]
-    ctl_create = create_all(kube, ctl, deps)
+    objs = [o for b in items for o in control_objects(b, full_control)]
+    ctl_create = create_all(kube, ctl, objs)
     ctl_all = wait_done(ctl, "deployment_available", timeout)
 
     op = Milestones({b["metadata"]["name"]: expected_children(b) for b in items})
@@ -356,7 +368,12 @@ def run_phase(
     }
     return {
         "burst_of": len(items),
-        "control": {"create_requests_s": round(ctl_create, 2), "all_available_s": round(ctl_all, 1), **c},
+        "control": {
+            "objects": "every child" if full_control else "Deployment",
+            "create_requests_s": round(ctl_create, 2),
+            "all_available_s": round(ctl_all, 1),
+            **c,
+        },
         "operator": {"create_requests_s": round(op_create, 2), "all_ready_s": round(op_all, 1), **o},
         "operator_minus_control": diff,
         "operator_rss_mb": steady.get("operator"),
@@ -379,7 +396,7 @@ def table(label: str, phase: dict[str, Any]) -> str:
     ctl, op = phase["control"], phase["operator"]
     rows = [
         f"{label}: {phase['burst_of']} created at once; seconds from create, p50 / p99 (count)",
-        f"{'stage':<38}{'operator':>24}{'bare Deployment control':>28}",
+        f"{'stage':<38}{'operator':>24}{(phase['control'].get('objects') == 'every child' and 'every-child control' or 'bare Deployment control'):>28}",
     ]
     for stage in OP_STAGES:
         other = cell(ctl[stage]) if stage == "deployment_available" else ""
@@ -751,6 +768,12 @@ def main() -> int:
     )
     ap.add_argument("--soak-minutes", type=float, default=30)
     ap.add_argument("--soak-warmup", type=float, default=5, help="minutes before RSS growth is counted")
+    ap.add_argument(
+        "--full-control",
+        action="store_true",
+        help="the control creates every child the operator would (ConfigMap, Service, HPA, PDB), not only "
+        "the Deployment: what those objects cost the control plane, apart from the operator",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument(
         "--operator-env",
@@ -828,14 +851,20 @@ def main() -> int:
             time.sleep(5)  # operator start-up (watches established)
             idle_rss, noop_idle = rss_mb(op.pid), rss_mb(noop.pid)
             phases[f"at_{args.count}"] = run_phase(
-                kube, bodies(example, 0, args.count, True), rss, args.timeout, args.settle, memreport
+                kube,
+                bodies(example, 0, args.count, True),
+                rss,
+                args.timeout,
+                args.settle,
+                memreport,
+                args.full_control,
             )
             print(table(f"at {args.count}", phases[f"at_{args.count}"]), flush=True)
             save(args.out, args, (idle_rss, noop_idle), phases)
             if args.scale_to > args.count:
                 extra = bodies(example, args.count, args.scale_to, False)
                 phases[f"at_{args.scale_to}"] = run_phase(
-                    kube, extra, rss, args.timeout, args.settle, memreport
+                    kube, extra, rss, args.timeout, args.settle, memreport, args.full_control
                 )
                 print(
                     table(f"at {args.scale_to} ({len(extra)} more)", phases[f"at_{args.scale_to}"]),

@@ -9,14 +9,34 @@ were 10 MB of its steady RSS (benchmarks/README.md). Here a thread that found no
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
+Item = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class _Worker:
+    """One pool thread's hand-off: the item it is given while idle, and the lock that wakes it."""
+
+    __slots__ = ("item", "wake")
+
+    def __init__(self) -> None:
+        self.item: Item | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()  # held: released once per item handed over
+
 
 class ElasticPool(Executor):
-    """At most ``max_workers`` threads; each one exits after ``idle_s`` without work."""
+    """At most ``max_workers`` threads; each one exits after ``idle_s`` without work.
+
+    A submit hands its item straight to the most recently idle thread and wakes that one alone (its
+    own lock, as the stdlib pool's queue does): the event loop that submits wakes one thread and
+    contends for nothing else. Idle threads are reused last-in first-out, so the others stay idle and
+    exit. With every thread busy, items wait in a backlog that finishing threads take from.
+    """
 
     def __init__(self, max_workers: int, thread_name_prefix: str = "pool", idle_s: float = 30.0) -> None:
         if max_workers < 1:
@@ -24,75 +44,89 @@ class ElasticPool(Executor):
         self._max_workers = max_workers  # the name kopf's settings.execution.max_workers sets
         self._prefix = thread_name_prefix
         self._idle_s = idle_s
-        self._cv = threading.Condition()
-        self._work: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = deque()
-        self._threads: set[threading.Thread] = set()
-        self._waiting = 0  # threads blocked waiting for work (under _cv)
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []  # a stack: the last one to go idle is woken first
+        self._backlog: deque[Item] = deque()
+        self._threads = 0
         self._started = 0
         self._shutdown = False
 
     @property
     def threads(self) -> int:
         """Threads alive now."""
-        with self._cv:
-            return len(self._threads)
+        with self._lock:
+            return self._threads
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a pool thread."""
         future: Future[Any] = Future()
-        with self._cv:
+        item: Item = (future, fn, args, kwargs)
+        worker: _Worker | None = None
+        thread: threading.Thread | None = None
+        with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._work.append((future, fn, args, kwargs))
-            # A thread for each queued item: the waiting ones first, then new ones up to the cap.
-            if len(self._work) > self._waiting and len(self._threads) < self._max_workers:
+            if self._idle:
+                worker = self._idle.pop()
+                worker.item = item
+            elif self._threads < self._max_workers:
+                self._threads += 1
                 self._started += 1
-                t = threading.Thread(target=self._run, name=f"{self._prefix}_{self._started}", daemon=True)
-                self._threads.add(t)
-                t.start()
+                thread = threading.Thread(
+                    target=self._run, args=(item,), name=f"{self._prefix}_{self._started}", daemon=True
+                )
             else:
-                self._cv.notify()
+                self._backlog.append(item)
+        if worker is not None:
+            worker.wake.release()
+        elif thread is not None:
+            thread.start()
         return future
 
-    def _next(self) -> tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None:
-        """Under _cv: the next item, or None when this thread is to exit (idle too long, shut down)."""
-        while not self._work:
+    def _next(self, me: _Worker) -> Item | None:
+        """The next item for this thread: the backlog's, else one handed over while idle; None to exit."""
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
             if self._shutdown:
+                self._threads -= 1
                 return None
-            self._waiting += 1
-            try:
-                woken = self._cv.wait(timeout=self._idle_s)
-            finally:
-                self._waiting -= 1
-            if not woken and not self._work:
-                return None
-        return self._work.popleft()
+            self._idle.append(me)
+        if not me.wake.acquire(timeout=self._idle_s):
+            with self._lock:
+                if me in self._idle:  # nobody handed anything over: leave
+                    self._idle.remove(me)
+                    self._threads -= 1
+                    return None
+            me.wake.acquire()  # a submit took this thread just as it timed out: its item is coming
+        item, me.item = me.item, None
+        if item is None:  # woken by shutdown
+            with self._lock:
+                self._threads -= 1
+        return item
 
-    def _run(self) -> None:
-        me = threading.current_thread()
-        while True:
-            with self._cv:
-                item = self._next()
-                if item is None:
-                    self._threads.discard(me)
-                    return
+    def _run(self, item: Item | None) -> None:
+        me = _Worker()
+        while item is not None:
             future, fn, args, kwargs = item
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn(*args, **kwargs))
                 except BaseException as e:  # noqa: BLE001 - handed to the caller, as the stdlib pool does
                     future.set_exception(e)
-            del item, future, fn, args, kwargs  # nothing of the work stays referenced while idle
+            del future, fn, args, kwargs  # nothing of the work stays referenced while idle
+            item = self._next(me)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop the threads once the queued work is done (``cancel_futures``: cancel it instead)."""
-        with self._cv:
+        """Stop the threads once the backlog is done (``cancel_futures``: cancel it instead)."""
+        with self._lock:
             self._shutdown = True
             if cancel_futures:
-                while self._work:
-                    self._work.popleft()[0].cancel()
-            threads = list(self._threads)
-            self._cv.notify_all()
+                while self._backlog:
+                    self._backlog.popleft()[0].cancel()
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.wake.release()  # with no item: the thread exits
         if wait:
-            for t in threads:
-                t.join()
+            while self.threads:
+                time.sleep(0.01)
