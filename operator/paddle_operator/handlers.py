@@ -194,7 +194,7 @@ class Indexed:
         """The entry for a kopf body (or any dict shaped like one)."""
         plain = _plain(body)
         return cls(
-            doc=json.dumps(plain, separators=(",", ":"), default=str),
+            doc=memory.compact_json(plain),
             fingerprint=rollout_fingerprint(plain),
             deleting=bool(plain["metadata"].get("deletionTimestamp")),
             blocked=_blocked(plain["status"]),

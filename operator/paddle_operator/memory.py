@@ -114,6 +114,11 @@ def clear() -> None:
         _written.clear()
 
 
+def compact_json(value: Any) -> str:
+    """``value`` as JSON without spaces (what :class:`Compact` and the index keep)."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
 class Compact:
     """Per-resource status dicts kept as compact JSON strings, decoded on each read.
 
@@ -134,18 +139,8 @@ class Compact:
 
     def put(self, k: Any, value: dict[str, Any]) -> None:
         """Keep ``value`` (as it is now) for ``k``."""
-        self._docs[k] = json.dumps(value, separators=(",", ":"), default=str)
+        self._docs[k] = compact_json(value)
 
     def pop(self, k: Any) -> None:
         """Forget ``k``."""
         self._docs.pop(k, None)
-
-    def clear(self) -> None:
-        """Forget everything."""
-        self._docs.clear()
-
-    def __contains__(self, k: object) -> bool:
-        return k in self._docs
-
-    def __len__(self) -> int:
-        return len(self._docs)
