@@ -133,6 +133,29 @@ def drained(mem: Memory, shape: Shape, router: str, now: float) -> Shape:
     return shape
 
 
+def held(mem: Memory, shape: Shape, phase: str, hold_s: float, now: float) -> Shape:
+    """``shape``, except that for ``hold_s`` after a promotion stable keeps the floor it had while
+    promoting (``Shape.stable_min``, the canary's size).
+
+    While promoting the canary carries the traffic, so every recommendation of stable's HPA is that
+    of idle pods; at ``Promoted`` the traffic returns to stable but its metrics show it only a rate
+    window later, and an HPA whose floor dropped at once scaled stable down under the returning
+    load. Held in memory only, like the route drain.
+    """
+    if phase in ro.ACTIVE_PHASES or shape.stable_min:
+        mem.hold_until, mem.hold_min = 0.0, 0
+        return shape
+    if mem.hold_until == 0.0:
+        prev = mem.applied
+        if prev is None or not prev.stable_min or hold_s <= 0:
+            return shape
+        mem.hold_until, mem.hold_min = now + hold_s, prev.stable_min
+    if now < mem.hold_until:
+        return replace(shape, stable_min=mem.hold_min)
+    mem.hold_until, mem.hold_min = 0.0, 0
+    return shape
+
+
 @dataclass
 class TickResult:
     """What the handler should write and post."""
@@ -209,7 +232,10 @@ def tick(
     if model_canary(svc):
         stable_model = spec_model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
         stable_model = stable_model or spec_model_json(svc)
-    shape = drained(mem, shape_of(decision, policy, stable_model, _replicas(canary_dep)), svc.spec.rollout.router.type, now)
+    shape = shape_of(decision, policy, stable_model, _replicas(canary_dep))
+    if svc.spec.autoscaled:
+        shape = held(mem, shape, decision.state.phase, settings.promotion_hold_s, now)
+    shape = drained(mem, shape, svc.spec.rollout.router.type, now)
     # Before the first step the canary is sized for step 1; a restart must not change that.
     mem.shape, mem.state = shape, decision.state
     memory.put(key, mem)

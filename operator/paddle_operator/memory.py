@@ -31,6 +31,10 @@ class Memory:
     # A canary that lost its traffic keeps its pods until then (canary.py, route drain); 0 = none.
     drain_until: float = 0.0
     drain_from: Shape | None = None
+    # After a promotion the stable HPA keeps the canary's size as its floor until then (canary.py,
+    # promotion hold); 0 = none.
+    hold_until: float = 0.0
+    hold_min: int = 0
 
 
 _memory: dict[Key, Memory] = {}
@@ -71,7 +75,12 @@ def current(svc: PaddleModelService) -> tuple[Shape, ro.RolloutState]:
 def settled(namespace: str, name: str, uid: str) -> bool:
     """This process has looked at the resource and its rollout is not in progress (nothing to time)."""
     mem = get((namespace, name, uid))
-    return mem is not None and mem.state.phase not in ro.ACTIVE_PHASES and mem.drain_until == 0.0
+    return (
+        mem is not None
+        and mem.state.phase not in ro.ACTIVE_PHASES
+        and mem.drain_until == 0.0
+        and mem.hold_until == 0.0
+    )
 
 
 # What a status writer (by field manager) last applied to each resource, as compact JSON. The

@@ -43,6 +43,12 @@ class OperatorSettings(BaseSettings):
     """Period of the shared rollout loop: how late a rollout step or readiness change is seen.
     Analyses still run every ``spec.rollout.intervalSeconds``."""
 
+    promotion_hold_s: float = Field(default=120.0, ge=0)
+    """After a promotion, how long stable's HPA keeps the canary's size as its minimum (0: not at all).
+    While promoting the canary carries the traffic, so stable's metrics read idle pods; they show the
+    returned traffic only after the adapter's rate window plus a scrape and an HPA sync. Keep it above
+    that sum (the chart's defaults: 1m + 15 s + 15 s)."""
+
     sla_period_s: float = Field(default=30.0, gt=0)
     """How often ``status.sla`` and the ``SLAMet`` condition are refreshed from Prometheus."""
 

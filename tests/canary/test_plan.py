@@ -264,3 +264,58 @@ def test_promotion_completes_only_once_stable_has_as_many_ready_pods_as_the_cana
     kube.stable_ready = 3
     third = canary.tick(kube, b, SETTINGS, now=1010.0)
     assert third.status["rollout"]["phase"] == "Promoted"
+
+
+def _stable_hpa_min(kube) -> int:
+    hpas = [o for o in kube.applied if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"] == "ocr"]
+    return hpas[-1]["spec"]["minReplicas"]
+
+
+def test_after_promotion_stable_keeps_the_canary_size_for_the_hold_then_its_own_floor():
+    """At Promoted the traffic returns to stable, but its HPA's metrics still read idle pods for a rate
+    window: the floor stays for ``promotion_hold_s``, then the HPA decides alone."""
+    settings = OperatorSettings(prometheus_url=None, promotion_hold_s=60)
+    auto = {"minReplicas": 1, "maxReplicas": 4, "targetQPSPerReplica": 2}
+    status = {"stableTag": "v1", "rollout": {"phase": "Promoting", "tag": "v2", "step": 4, "weight": 100}}
+    b = body(status=status, autoscaling=auto)
+    kube = _PromotingKube(stable_ready=1)
+    canary.tick(kube, b, settings, now=1000.0)  # Promoting: the floor is the canary's 3
+    assert _stable_hpa_min(kube) == 3
+    kube.stable_ready = 3
+    kube.applied.clear()
+    promoted = canary.tick(kube, b, settings, now=1005.0)
+    assert promoted.status["rollout"]["phase"] == "Promoted"
+    assert "ocr-canary" not in {o["metadata"]["name"] for o in kube.applied}, "the canary goes at once"
+    assert _stable_hpa_min(kube) == 3
+    assert not memory.settled("prod", "ocr", "u-1"), "the rollout loop keeps looking until the hold ends"
+    b = body(status={"stableTag": "v2", "rollout": promoted.status["rollout"]}, autoscaling=auto)
+    kube.applied.clear()
+    canary.tick(kube, b, settings, now=1064.0)
+    assert not kube.applied, "nothing changes within the hold"
+    after = canary.tick(kube, b, settings, now=1066.0)
+    assert after.applied and _stable_hpa_min(kube) == 1
+    assert memory.settled("prod", "ocr", "u-1")
+
+
+def test_the_promotion_hold_ends_with_a_new_rollout_and_is_off_at_zero():
+    auto = {"minReplicas": 1, "maxReplicas": 4, "targetQPSPerReplica": 2}
+    status = {"stableTag": "v1", "rollout": {"phase": "Promoting", "tag": "v2", "step": 4, "weight": 100}}
+    off = OperatorSettings(prometheus_url=None, promotion_hold_s=0)
+    kube = _PromotingKube(stable_ready=1)
+    canary.tick(kube, body(status=status, autoscaling=auto), off, now=1000.0)
+    kube.stable_ready = 3
+    assert canary.tick(kube, body(status=status, autoscaling=auto), off, now=1005.0).status["rollout"]["phase"] == "Promoted"
+    assert _stable_hpa_min(kube) == 1
+    memory.clear()
+    on = OperatorSettings(prometheus_url=None, promotion_hold_s=600)
+    kube.stable_ready = 1
+    canary.tick(kube, body(status=status, autoscaling=auto), on, now=1000.0)
+    kube.stable_ready = 3
+    promoted = canary.tick(kube, body(status=status, autoscaling=auto), on, now=1005.0)
+    assert _stable_hpa_min(kube) == 3
+    # A new tag within the hold: a new rollout, whose shape has its own bounds.
+    rolled = {"stableTag": "v2", "rollout": promoted.status["rollout"]}
+    canary.tick(kube, body(tag="v3", status=rolled, autoscaling=auto), on, now=1010.0)
+    mem = memory.get(("prod", "ocr", "u-1"))
+    assert mem is not None and mem.hold_until == 0.0 and mem.state.phase == "Progressing"
+    assert mem.shape.stable_min == 0
