@@ -202,11 +202,13 @@ def write_status(
 _reconciled: dict[tuple[str, str, str], int] = {}
 
 
-# The status of the resource's Deployment as last seen by a Deployment event that arrived before this
-# generation's full reconcile wrote status (still applying, or blocked). When it differs from
-# the Deployment the reconcile applied (it may have become Available meanwhile), the reconcile reads
-# the Deployment again before writing status; otherwise it saves that GET.
-_deployment_seen: dict[tuple[str, str, str], dict[str, Any]] = {}
+# The status of the resource's Deployment and HPA (status reads those two) as last seen by a child
+# event that arrived before this generation's full reconcile wrote status (still applying, or
+# blocked). When it differs from the child the reconcile applied (the Deployment may have become
+# Available meanwhile, the HPA lost its metrics), the reconcile reads that child again before writing
+# status; otherwise it saves the GET. Keyed by (resource key, kind).
+_child_seen: dict[tuple[tuple[str, str, str], str], dict[str, Any]] = {}
+STATUS_CHILDREN = (("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"))
 
 # One lock per resource around "decide what the Deployment says, then write status". A full reconcile
 # (kopf's thread or the blocked-recheck worker) and a child event (the child pool) run concurrently:
@@ -232,9 +234,23 @@ def forget(namespace: str, name: str, uid: str) -> None:
     _last_written.pop(key)
     _reconciled.pop(key, None)
     _pruned_for.pop(key, None)
-    _deployment_seen.pop(key, None)
+    for _api, kind in STATUS_CHILDREN:
+        _child_seen.pop((key, kind), None)
     with _status_locks_guard:
         _status_locks.pop(key, None)
+
+
+def _fresh(
+    kube: Kube, svc: PaddleModelService, kind: str, applied: dict[str, Any] | None, again: bool
+) -> dict[str, Any] | None:
+    """The status child ``applied`` by this reconcile, read again when a child event saw another
+    status of it meanwhile, or when this generation was reconciled before (child events write status
+    themselves then, and the apply's answer may be older than theirs)."""
+    seen = _child_seen.pop(((svc.namespace, svc.name, svc.uid), kind), None)
+    if applied is None or not (again or (seen is not None and seen != (applied.get("status") or {}))):
+        return applied
+    api_version = dict((k, a) for a, k in STATUS_CHILDREN)[kind]
+    return kube.get(api_version, kind, svc.namespace, svc.deployment_name) or applied
 
 
 def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Result:
@@ -291,9 +307,8 @@ def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Res
             # reconcile (see on_child_event) with another status than the one applied says the same.
             again = _reconciled.get(key) == svc.generation
             _reconciled[key] = svc.generation
-            seen = _deployment_seen.pop(key, None)
-            if again or (seen is not None and seen != ((deployment or {}).get("status") or {})):
-                deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name) or deployment
+            deployment = _fresh(kube, svc, "Deployment", deployment, again)
+            hpa = _fresh(kube, svc, "HorizontalPodAutoscaler", hpa, again)
         elif blocked:
             # Leave whatever exists alone: a Deployment whose Secret vanished keeps serving its model.
             deployment = kube.get("apps/v1", "Deployment", svc.namespace, svc.deployment_name)
@@ -362,12 +377,12 @@ def on_child_event(
         last = _last_written.get(key)
         problems = carried_problems(svc, last if last is not None else old_status)
         pending = _reconciled.get(key) != svc.generation
-        if pending and kind == "Deployment":
+        if pending:
             # Kept for the full reconcile of this generation, blocked or not yet done: when it writes,
-            # it reads the Deployment again if this status differs from the one it applied. A blocked
+            # it reads the child again if this status differs from the one it applied. A blocked
             # resource's recheck applies the children while this process still holds the blocked
             # status: the new Deployment's events, Available among them, came in then (seen in CI).
-            _deployment_seen[key] = dict(current.get("status") or {})
+            _child_seen[(key, kind)] = dict(current.get("status") or {})
         if not problems and pending:
             # The full reconcile is still applying; it writes status when done.
             log.debug("%s %s/%s event left to the reconcile", kind, svc.namespace, name)

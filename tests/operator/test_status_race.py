@@ -1,4 +1,4 @@
-"""A full reconcile and a child event write status concurrently; the newer Deployment must win.
+"""A full reconcile and a child event write status concurrently; the newer Deployment (and HPA) must win.
 
 Seen in CI: a resource blocked on a missing Secret was rechecked by the rollout loop, whose reconcile
 applied the children and wrote status from the Deployment it had just applied (not Available), while
@@ -197,5 +197,49 @@ def test_a_deployment_event_during_a_blocked_resources_recheck_is_not_lost(forgo
         recheck.join(5)
         assert not recheck.is_alive()
         assert ready(kube.writes[-1]) == "True", [(ready(w), w.get("readyReplicas")) for w in kube.writes]
+    finally:
+        kube.gate.set()
+
+
+class HpaKube(StaleApplyKube):
+    """The first reconcile of an autoscaled resource: its apply answers the HPA without status and waits
+    at ``gate`` while the HPA reports that it cannot read its metrics; GET reads the HPA as it is now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hpa: dict[str, Any] | None = None
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind == "HorizontalPodAutoscaler":
+            return copy.deepcopy(self.hpa)
+        return super().get(api_version, kind, namespace, name)
+
+    def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
+        self.in_second_apply.set()
+        self.gate.wait(5)
+        return [(o, None) for o in objs]
+
+
+def test_an_hpa_event_during_the_first_reconcile_reaches_status(forgotten: None) -> None:
+    """The HPA feeds ``status.warnings``: its event, left to the pending reconcile, must not be lost."""
+    b = body()
+    b["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetQPSPerReplica": 5}
+    svc = PaddleModelService.from_body(b)
+    kube = HpaKube()
+    try:
+        first = threading.Thread(target=reconcile.reconcile, args=(kube, copy.deepcopy(b)))
+        first.start()
+        assert kube.in_second_apply.wait(5)
+        hpa = copy.deepcopy(next(c for c in reconcile.plan(svc) if c["kind"] == "HorizontalPodAutoscaler"))
+        hpa["status"] = {"conditions": [{"type": "ScalingActive", "status": "False", "reason": "FailedGetPodsMetric",
+                                         "message": "no metrics returned from custom metrics API"}]}  # fmt: skip
+        kube.hpa = hpa
+        _restored, written = reconcile.on_child_event(kube, copy.deepcopy(b), "MODIFIED", hpa)
+        assert not written, "left to the reconcile that is still applying"
+        kube.gate.set()
+        first.join(5)
+        assert not first.is_alive()
+        warnings = kube.writes[-1].get("warnings") or []
+        assert any("ScalingActive=False (FailedGetPodsMetric)" in w for w in warnings), kube.writes[-1]
     finally:
         kube.gate.set()
