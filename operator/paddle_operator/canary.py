@@ -134,8 +134,8 @@ def drained(mem: Memory, shape: Shape, router: str, now: float) -> Shape:
 
 
 def held(mem: Memory, shape: Shape, phase: str, hold_s: float, now: float) -> Shape:
-    """``shape``, except that for ``hold_s`` after a promotion stable keeps the floor it had while
-    promoting (``Shape.stable_min``, the canary's size).
+    """``shape``, except that for ``hold_s`` after promoting ends (``Promoted``, or aborted back to the
+    stable tag) stable keeps the floor it had while promoting (``Shape.stable_min``, the canary's size).
 
     While promoting the canary carries the traffic, so every recommendation of stable's HPA is that
     of idle pods; at ``Promoted`` the traffic returns to stable but its metrics show it only a rate

@@ -319,3 +319,16 @@ def test_the_promotion_hold_ends_with_a_new_rollout_and_is_off_at_zero():
     mem = memory.get(("prod", "ocr", "u-1"))
     assert mem is not None and mem.hold_until == 0.0 and mem.state.phase == "Progressing"
     assert mem.shape.stable_min == 0
+
+
+def test_an_aborted_promotion_holds_the_floor_too():
+    """spec.tag back to the stable tag while promoting: the canary goes and its traffic returns to
+    stable, exactly as at Promoted."""
+    auto = {"minReplicas": 1, "maxReplicas": 4, "targetQPSPerReplica": 2}
+    settings = OperatorSettings(prometheus_url=None, promotion_hold_s=60)
+    status = {"stableTag": "v1", "rollout": {"phase": "Promoting", "tag": "v2", "step": 4, "weight": 100}}
+    kube = _PromotingKube(stable_ready=1)
+    canary.tick(kube, body(status=status, autoscaling=auto), settings, now=1000.0)
+    aborted = canary.tick(kube, body(tag="v1", status=status, autoscaling=auto), settings, now=1005.0)
+    assert aborted.status["rollout"]["phase"] == "RolledBack"
+    assert _stable_hpa_min(kube) == 3
