@@ -140,14 +140,14 @@ def held(mem: Memory, shape: Shape, phase: str, hold_s: float, now: float) -> Sh
     While promoting the canary carries the traffic, so every recommendation of stable's HPA is that
     of idle pods; at ``Promoted`` the traffic returns to stable but its metrics show it only a rate
     window later, and an HPA whose floor dropped at once scaled stable down under the returning
-    load. Held in memory only, like the route drain.
+    load. Held in memory only, like the route drain; ``hold_s`` 0 (or no autoscaling) ends any hold.
     """
-    if phase in ro.ACTIVE_PHASES or shape.stable_min:
+    if phase in ro.ACTIVE_PHASES or shape.stable_min or hold_s <= 0:
         mem.hold_until, mem.hold_min = 0.0, 0
         return shape
     if mem.hold_until == 0.0:
         prev = mem.applied
-        if prev is None or not prev.stable_min or hold_s <= 0:
+        if prev is None or not prev.stable_min:
             return shape
         mem.hold_until, mem.hold_min = now + hold_s, prev.stable_min
     if now < mem.hold_until:
@@ -233,8 +233,8 @@ def tick(
         stable_model = spec_model_json(svc) if decision.stable_tag == desired else mem.shape.stable_model
         stable_model = stable_model or spec_model_json(svc)
     shape = shape_of(decision, policy, stable_model, _replicas(canary_dep))
-    if svc.spec.autoscaled:
-        shape = held(mem, shape, decision.state.phase, settings.promotion_hold_s, now)
+    hold_s = settings.promotion_hold_s if svc.spec.autoscaled else 0.0
+    shape = held(mem, shape, decision.state.phase, hold_s, now)
     shape = drained(mem, shape, svc.spec.rollout.router.type, now)
     # Before the first step the canary is sized for step 1; a restart must not change that.
     mem.shape, mem.state = shape, decision.state

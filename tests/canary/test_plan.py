@@ -332,3 +332,18 @@ def test_an_aborted_promotion_holds_the_floor_too():
     aborted = canary.tick(kube, body(tag="v1", status=status, autoscaling=auto), settings, now=1005.0)
     assert aborted.status["rollout"]["phase"] == "RolledBack"
     assert _stable_hpa_min(kube) == 3
+
+
+def test_autoscaling_turned_off_during_the_hold_ends_it():
+    """Otherwise the resource would never be settled again and the rollout loop would tick it forever."""
+    auto = {"minReplicas": 1, "maxReplicas": 4, "targetQPSPerReplica": 2}
+    settings = OperatorSettings(prometheus_url=None, promotion_hold_s=600)
+    status = {"stableTag": "v1", "rollout": {"phase": "Promoting", "tag": "v2", "step": 4, "weight": 100}}
+    kube = _PromotingKube(stable_ready=1)
+    canary.tick(kube, body(status=status, autoscaling=auto), settings, now=1000.0)
+    kube.stable_ready = 3
+    promoted = canary.tick(kube, body(status=status, autoscaling=auto), settings, now=1005.0)
+    assert not memory.settled("prod", "ocr", "u-1")
+    rolled = {"stableTag": "v2", "rollout": promoted.status["rollout"]}
+    canary.tick(kube, body(status=rolled), settings, now=1010.0)
+    assert memory.settled("prod", "ocr", "u-1")
