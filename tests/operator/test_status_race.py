@@ -201,7 +201,7 @@ def test_a_deployment_event_during_a_blocked_resources_recheck_is_not_lost(forgo
         kube.gate.set()
 
 
-class HpaKube(StaleApplyKube):
+class HpaKube(RecheckKube):
     """The first reconcile of an autoscaled resource: its apply answers the HPA without status and waits
     at ``gate`` while the HPA reports that it cannot read its metrics; GET reads the HPA as it is now."""
 
@@ -213,11 +213,6 @@ class HpaKube(StaleApplyKube):
         if kind == "HorizontalPodAutoscaler":
             return copy.deepcopy(self.hpa)
         return super().get(api_version, kind, namespace, name)
-
-    def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
-        self.in_second_apply.set()
-        self.gate.wait(5)
-        return [(o, None) for o in objs]
 
 
 def test_an_hpa_event_during_the_first_reconcile_reaches_status(forgotten: None) -> None:
