@@ -208,7 +208,7 @@ _reconciled: dict[tuple[str, str, str], int] = {}
 # Available meanwhile, the HPA lost its metrics), the reconcile reads that child again before writing
 # status; otherwise it saves the GET. Keyed by (resource key, kind).
 _child_seen: dict[tuple[tuple[str, str, str], str], dict[str, Any]] = {}
-STATUS_CHILDREN = (("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"))
+STATUS_CHILDREN = {"Deployment": "apps/v1", "HorizontalPodAutoscaler": "autoscaling/v2"}  # kind -> apiVersion
 
 # One lock per resource around "decide what the Deployment says, then write status". A full reconcile
 # (kopf's thread or the blocked-recheck worker) and a child event (the child pool) run concurrently:
@@ -234,7 +234,7 @@ def forget(namespace: str, name: str, uid: str) -> None:
     _last_written.pop(key)
     _reconciled.pop(key, None)
     _pruned_for.pop(key, None)
-    for _api, kind in STATUS_CHILDREN:
+    for kind in STATUS_CHILDREN:
         _child_seen.pop((key, kind), None)
     with _status_locks_guard:
         _status_locks.pop(key, None)
@@ -249,8 +249,7 @@ def _fresh(
     seen = _child_seen.pop(((svc.namespace, svc.name, svc.uid), kind), None)
     if applied is None or not (again or (seen is not None and seen != (applied.get("status") or {}))):
         return applied
-    api_version = dict((k, a) for a, k in STATUS_CHILDREN)[kind]
-    return kube.get(api_version, kind, svc.namespace, svc.deployment_name) or applied
+    return kube.get(STATUS_CHILDREN[kind], kind, svc.namespace, svc.deployment_name) or applied
 
 
 def reconcile(kube: Kube, body: dict[str, Any], *, do_prune: bool = True) -> Result:

@@ -159,16 +159,17 @@ def test_a_second_reconcile_of_the_same_generation_does_not_take_ready_back(forg
 
 
 class RecheckKube(StaleApplyKube):
-    """The API server of a blocked resource's recheck: the Secret now exists; the recheck's apply (the
-    first apply of the children) waits at ``gate`` while the new Deployment turns Available."""
+    """The API server of a first apply of the children (a blocked resource's recheck, or a new
+    resource's reconcile): the apply waits at ``gate`` while the children change; GET reads the
+    Deployment as ``current`` and any other kind from ``objects`` (the Secret, the HPA) as it is now."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.secret: dict[str, Any] | None = None
+        self.objects: dict[str, dict[str, Any]] = {}
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        if kind == "Secret":
-            return copy.deepcopy(self.secret)
+        if kind in self.objects:
+            return copy.deepcopy(self.objects[kind])
         return super().get(api_version, kind, namespace, name)
 
     def apply_all(self, objs: list[dict[str, Any]], read_back: Any = None) -> list[tuple[dict[str, Any], None]]:
@@ -186,7 +187,7 @@ def test_a_deployment_event_during_a_blocked_resources_recheck_is_not_lost(forgo
         blocked = reconcile.reconcile(kube, b)  # no Secret: blocked, nothing applied
         assert [p.reason for p in blocked.problems] == ["SecretNotFound"]
         b["status"] = blocked.status
-        kube.secret = {"data": {"hmac.key": "czNjcmV0"}}
+        kube.objects["Secret"] = {"data": {"hmac.key": "czNjcmV0"}}
         recheck = threading.Thread(target=reconcile.reconcile, args=(kube, copy.deepcopy(b)))
         recheck.start()
         assert kube.in_second_apply.wait(5)
@@ -201,26 +202,12 @@ def test_a_deployment_event_during_a_blocked_resources_recheck_is_not_lost(forgo
         kube.gate.set()
 
 
-class HpaKube(RecheckKube):
-    """The first reconcile of an autoscaled resource: its apply answers the HPA without status and waits
-    at ``gate`` while the HPA reports that it cannot read its metrics; GET reads the HPA as it is now."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hpa: dict[str, Any] | None = None
-
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        if kind == "HorizontalPodAutoscaler":
-            return copy.deepcopy(self.hpa)
-        return super().get(api_version, kind, namespace, name)
-
-
 def test_an_hpa_event_during_the_first_reconcile_reaches_status(forgotten: None) -> None:
     """The HPA feeds ``status.warnings``: its event, left to the pending reconcile, must not be lost."""
     b = body()
     b["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetQPSPerReplica": 5}
     svc = PaddleModelService.from_body(b)
-    kube = HpaKube()
+    kube = RecheckKube()  # the first apply answers the HPA without status
     try:
         first = threading.Thread(target=reconcile.reconcile, args=(kube, copy.deepcopy(b)))
         first.start()
@@ -228,7 +215,7 @@ def test_an_hpa_event_during_the_first_reconcile_reaches_status(forgotten: None)
         hpa = copy.deepcopy(next(c for c in reconcile.plan(svc) if c["kind"] == "HorizontalPodAutoscaler"))
         hpa["status"] = {"conditions": [{"type": "ScalingActive", "status": "False", "reason": "FailedGetPodsMetric",
                                          "message": "no metrics returned from custom metrics API"}]}  # fmt: skip
-        kube.hpa = hpa
+        kube.objects["HorizontalPodAutoscaler"] = hpa
         _restored, written = reconcile.on_child_event(kube, copy.deepcopy(b), "MODIFIED", hpa)
         assert not written, "left to the reconcile that is still applying"
         kube.gate.set()
