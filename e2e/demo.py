@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster import Cluster, open_cluster
-from e2e.util import dump_namespace, wait_for
+from e2e.util import dump_namespace, service_address, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "01-minimal"
@@ -191,9 +191,7 @@ def run_demo(cluster: Cluster, ns: str, timeout: float, workdir: Path) -> str:
     pods = cluster.get("pods", "-n", ns, "-l", f"serving.paddlesla.io/service={name}")["items"]
     assert pods and all(condition(p, "Ready").get("status") == "True" for p in pods), "Ready without a Ready pod"
 
-    svc = cluster.get("service", name, "-n", ns)
-    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
-    address = f"{svc['spec']['clusterIP']}:{port}"
+    address = service_address(cluster, ns, name)
     model = pms["spec"]["model"].get("name") or name
     image = text_image()
     # The first request pays one-time costs (connection, Paddle's first run at this shape).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -84,3 +85,19 @@ def dump_objects(cluster: Cluster, *args: str) -> Callable[[], str]:
         return f"$ kubectl get {' '.join(args)} -o yaml\n{proc.stdout}{proc.stderr}"
 
     return dump
+
+
+def service_address(cluster: Cluster, ns: str, name: str, timeout: float = 60) -> str:
+    """``clusterIP:port`` of Service ``name``'s http port, once a TCP connection to it succeeds:
+    kube-proxy programs a new Service asynchronously, and until it has, the node's confinement
+    answers "Network is unreachable" (a Ready pod does not mean the Service routes to it yet)."""
+    svc = cluster.get("service", name, "-n", ns)
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+    address = f"{svc['spec']['clusterIP']}:{port}"
+
+    def connects() -> bool:
+        with socket.create_connection((svc["spec"]["clusterIP"], port), timeout=5):
+            return True
+
+    wait_for(connects, timeout, f"a TCP connection to Service {ns}/{name} at {address}", dump=dump_namespace(cluster, ns))
+    return address

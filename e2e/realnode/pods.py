@@ -19,7 +19,7 @@ from typing import Any
 
 from e2e.cluster import Cluster
 from e2e.demo import condition, rapidocr_root
-from e2e.util import dump_namespace, wait_for
+from e2e.util import dump_namespace, service_address, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "realnode.json"
@@ -109,9 +109,7 @@ class Served:
         )
 
     def address(self, name: str) -> str:
-        svc = self.get("service", name)
-        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
-        return f"{svc['spec']['clusterIP']}:{port}"
+        return service_address(self.cluster, self.ns, name)
 
     def exec(
         self, pod: str, *cmd: str, container: str = "runtime", check: bool = True

@@ -35,7 +35,7 @@ from e2e.cluster.argocd import NAMESPACE, ArgoCD, GitRepo
 from e2e.cluster.prometheus import Prometheus
 from e2e.demo import condition, infer, restricted_namespace, text_image
 from e2e.realnode.pods import LABEL, MODEL, ROOT, Load, record
-from e2e.util import dump_namespace, wait_for
+from e2e.util import dump_namespace, service_address, wait_for
 
 pytestmark = [pytest.mark.realnode, pytest.mark.argocd]
 
@@ -269,9 +269,7 @@ class GitOps:
         ]
 
     def address(self) -> str:
-        svc = self.cluster.get("service", PMS_NAME, "-n", MODELS_NS)
-        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
-        return f"{svc['spec']['clusterIP']}:{port}"
+        return service_address(self.cluster, MODELS_NS, PMS_NAME)
 
 
 def _first_sync_facts(g: GitOps) -> dict[str, Any]:

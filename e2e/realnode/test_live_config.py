@@ -11,7 +11,7 @@ import yaml
 
 from e2e.cluster import Cluster
 from e2e.demo import EXAMPLE, condition, install_operator, restricted_namespace
-from e2e.util import dump_namespace, wait_for
+from e2e.util import dump_namespace, service_address, wait_for
 
 pytestmark = pytest.mark.realnode
 
@@ -37,9 +37,7 @@ def test_max_batch_size_change_is_used_by_the_running_runtime(
             "the example Ready on the real node",
             dump=dump,
         )
-        svc = cluster.get("service", name, "-n", namespace)
-        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
-        address = f"{svc['spec']['clusterIP']}:{port}"
+        address = service_address(cluster, namespace, name)
         before = wait_for(lambda: _version(address), 60, "/version through the Service")
         assert before["batching"]["maxBatchSize"] == pms["spec"]["inference"]["maxBatchSize"] == 8
         (pod,) = cluster.get("pods", "-n", namespace, "-l", f"serving.paddlesla.io/service={name}")["items"]
