@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -95,8 +94,11 @@ class Kube:
         # our 30 s read timeout and then past the API server's own 60 s (HTTP 504); the server dropped
         # each half-made Service (leaking its IP until its repair loop ran) and the reconcile failed
         # into a 10 s backoff, 75 of 100 in one run. A few in flight, each with a longer read timeout:
-        # the same throughput, since the server serialises them anyway, and nothing fails.
-        self._services = threading.BoundedSemaphore(SERVICE_APPLIES)
+        # the same throughput, since the server serialises them anyway, and nothing fails. They have
+        # their own threads: waiting for a slot in the shared pool, Service applies held every apply
+        # thread in a burst, and the Deployments behind them reached the API server at the Services'
+        # pace (kube-controller-manager started on them seconds later than it could have).
+        self._service_pool = ElasticPool(SERVICE_APPLIES, thread_name_prefix="apply-svc", idle_s=thread_idle_s)
         self._service_timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1] * SERVICE_TIMEOUT_FACTOR)
 
     def request(
@@ -176,15 +178,16 @@ class Kube:
         """Apply independent objects concurrently, results in order: (applied, None), or (None, error)
         when the API server rejected the manifest itself (400/422). Other errors are raised.
         ``applied`` is ``{}`` for the objects ``read_back`` declines (their answer is not decoded)."""
-        return list(self._apply_pool.map(lambda o: self._apply_one(o, read_back(o)), objs))
+        futures = [
+            (self._service_pool if o["kind"] == "Service" else self._apply_pool).submit(self._apply_one, o, read_back(o))
+            for o in objs
+        ]
+        return [f.result() for f in futures]
 
     def _apply_one(
         self, obj: dict[str, Any], read_back: bool = True
     ) -> tuple[dict[str, Any] | None, KubeError | None]:
         try:
-            if obj["kind"] == "Service":
-                with self._services:
-                    return self.apply(obj, read_back=read_back), None
             return self.apply(obj, read_back=read_back), None
         except KubeError as e:
             if e.status in (400, 422):
