@@ -97,7 +97,7 @@ class Kube:
         # the same throughput, since the server serialises them anyway, and nothing fails. They have
         # their own threads: waiting for a slot in the shared pool, Service applies held every apply
         # thread in a burst, and the Deployments behind them reached the API server at the Services'
-        # pace (kube-controller-manager started on them seconds later than it could have).
+        # pace (first child p50 3.2 s -> 1.7 s at 100 at once; benchmarks/README.md).
         self._service_pool = ElasticPool(SERVICE_APPLIES, thread_name_prefix="apply-svc", idle_s=thread_idle_s)
         self._service_timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1] * SERVICE_TIMEOUT_FACTOR)
 
