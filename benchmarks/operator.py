@@ -11,7 +11,12 @@ event arrives (no polling), per resource, from its create request:
   status written (``observedGeneration``) -> Deployment Available -> ``Ready=True`` in status;
 - control: Deployment Available.
 
-The operator-attributable difference is operator Ready minus control Available (p50, p99).
+The operator-attributable difference is operator Ready minus control Available (p50, p99). Between
+the two bursts the control's objects are deleted and the script waits until they, their ReplicaSets
+and pods are gone, so the operator's burst meets the cluster the control's burst met: left in place,
+100 idle control Deployments made a second *bare* burst 1.2-1.6 s slower at p99 than the first.
+``--self-check`` runs the control burst twice that way instead (no operator burst): the difference
+it prints is the harness's own, and should be noise.
 
 Phase A: ``--count`` (100) copies of examples/01-minimal (autoscaled, SLA, one kwok pod each; the
 CPU request is lowered to 100m so the pods fit on the two fake nodes). Phase B: ``--scale-to``
@@ -332,6 +337,70 @@ def expected_children(b: dict[str, Any]) -> int:
     return 5 if (b["spec"].get("autoscaling") or {}).get("enabled", True) else 4
 
 
+# What the control leaves behind in CONTROL_NS; gone before the next burst starts (clear_control).
+CONTROL_LEFTOVERS = (
+    CHILD_PATHS["deployments"],
+    "/apis/apps/v1/namespaces/{ns}/replicasets",
+    "/api/v1/namespaces/{ns}/pods",
+    CHILD_PATHS["services"],
+)
+
+
+def clear_control(kube: Any, timeout: float) -> float:
+    """Delete every object the control created and wait until they, their ReplicaSets and pods are
+    gone; returns the seconds it took. The next burst then meets the cluster the control's met."""
+    from paddle_operator.kube import KubeError
+
+    t0 = time.monotonic()
+    for path in CHILD_PATHS.values():
+        coll = path.format(ns=CONTROL_NS)
+        try:
+            kube.request("DELETE", coll, body={"propagationPolicy": "Background"})
+        except KubeError as e:
+            if e.status != 405:  # a kind without a collection delete: one by one
+                raise
+            for obj in (kube.request("GET", coll) or {}).get("items") or []:
+                kube.request("DELETE", f"{coll}/{obj['metadata']['name']}")
+    while time.monotonic() - t0 < timeout:
+        if not any(
+            (kube.request("GET", p.format(ns=CONTROL_NS)) or {}).get("items") for p in CONTROL_LEFTOVERS
+        ):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(0.5)
+    raise TimeoutError(f"the control's objects in {CONTROL_NS} were not gone after {timeout:.0f} s")
+
+
+def control_burst(
+    kube: Any, items: list[dict[str, Any]], timeout: float, full_control: bool
+) -> tuple[Milestones, float, float, float]:
+    """One control burst, then its objects cleared: (milestones, create s, all Available s, clear s)."""
+    ctl = Milestones({b["metadata"]["name"]: 1 for b in items})
+    start_watches(kube, ctl, control=True)
+    time.sleep(1)
+    objs = [o for b in items for o in control_objects(b, full_control)]
+    created = create_all(kube, ctl, objs)
+    available = wait_done(ctl, "deployment_available", timeout)
+    return ctl, created, available, clear_control(kube, timeout)
+
+
+def self_check_phase(
+    kube: Any, items: list[dict[str, Any]], timeout: float, full_control: bool
+) -> dict[str, Any]:
+    """The control burst twice, cleared in between, as the operator phase runs after the control:
+    what the harness itself makes of two identical bursts (``--self-check``)."""
+    runs = [control_burst(kube, items, timeout, full_control) for _ in range(2)]
+    first, again = (r[0].stats(("deployment_available",))["deployment_available"] for r in runs)
+    return {
+        "burst_of": len(items),
+        "control": {"all_available_s": round(runs[0][2], 1), "cleared_s": runs[0][3], **first},
+        "control_again": {"all_available_s": round(runs[1][2], 1), "cleared_s": runs[1][3], **again},
+        "again_minus_control": {
+            q: round(again[q] - first[q], 2) if again[q] is not None and first[q] is not None else None
+            for q in ("p50_s", "p99_s")
+        },
+    }
+
+
 def run_phase(
     kube: Any,
     items: list[dict[str, Any]],
@@ -341,13 +410,9 @@ def run_phase(
     memreport: Any = None,
     full_control: bool = False,
 ) -> dict[str, Any]:
-    """The control burst, then the operator burst of the same resources; milestones and difference."""
-    ctl = Milestones({b["metadata"]["name"]: 1 for b in items})
-    start_watches(kube, ctl, control=True)
-    time.sleep(1)
-    objs = [o for b in items for o in control_objects(b, full_control)]
-    ctl_create = create_all(kube, ctl, objs)
-    ctl_all = wait_done(ctl, "deployment_available", timeout)
+    """The control burst (its objects then cleared), then the operator burst of the same resources;
+    milestones and difference."""
+    ctl, ctl_create, ctl_all, ctl_cleared = control_burst(kube, items, timeout, full_control)
 
     op = Milestones({b["metadata"]["name"]: expected_children(b) for b in items})
     start_watches(kube, op, control=False)
@@ -372,6 +437,7 @@ def run_phase(
             "objects": "every child" if full_control else "Deployment",
             "create_requests_s": round(ctl_create, 2),
             "all_available_s": round(ctl_all, 1),
+            "cleared_s": ctl_cleared,  # deleted and gone before the operator burst
             **c,
         },
         "operator": {"create_requests_s": round(op_create, 2), "all_ready_s": round(op_all, 1), **o},
@@ -439,8 +505,8 @@ def save(out: str, args: argparse.Namespace, idle: tuple[float, float], phases: 
         "benchmark": "operator",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
-        "method": "per phase: a bare-Deployment control burst, then the operator burst of the same "
-        "resources, in the same cluster; create requests from 16 threads; milestones timed by watch "
+        "method": "per phase: a bare-Deployment control burst, its objects then deleted and gone, then the "
+        "operator burst of the same resources, in the same cluster; create requests from 16 threads; milestones timed by watch "
         "events from the create request; RSS of ours and of a no-op kopf operator (benchmarks/noop_operator.py) "
         "watching the same resources: steady = median VmRSS over 20 s after --settle quiet seconds "
         "following the burst, peak = max VmRSS (0.5 s samples) from the operator burst's first create "
@@ -741,6 +807,37 @@ def plot_soak(result: Path, png: Path) -> None:
     print(f"wrote {png}", flush=True)
 
 
+def self_check(kube: Any, example: dict[str, Any], args: argparse.Namespace) -> int:
+    """``--self-check``: two identical control bursts per size (each from an empty namespace); prints and
+    saves their difference."""
+    phases: dict[str, Any] = {}
+    sizes = [(args.count, bodies(example, 0, args.count, True))]
+    if args.scale_to > args.count:
+        sizes.append((args.scale_to, bodies(example, args.count, args.scale_to, False)))
+    for total, items in sizes:
+        ph = phases[f"at_{total}"] = self_check_phase(kube, items, args.timeout, args.full_control)
+        a, b, d = ph["control"], ph["control_again"], ph["again_minus_control"]
+        print(
+            f"at {total} ({len(items)} at once): control Available p50 / p99 {a['p50_s']} / {a['p99_s']} s, "
+            f"again after clearing {b['p50_s']} / {b['p99_s']} s: difference {d['p50_s']} / {d['p99_s']} s "
+            f"(cleared in {a['cleared_s']} s)",
+            flush=True,
+        )
+    result = {
+        "benchmark": "operator-self-check",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_end": os.getloadavg(),
+        },
+        "method": "per phase: the bare-Deployment control burst, its objects deleted and gone, the same burst again",
+        "phases": phases,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 then 100 (results/operator-quick.json)")
@@ -774,6 +871,12 @@ def main() -> int:
         help="the control creates every child the operator would (ConfigMap, Service, HPA, PDB), not only "
         "the Deployment: what those objects cost the control plane, apart from the operator",
     )
+    ap.add_argument(
+        "--self-check",
+        action="store_true",
+        help="no operator burst: the control burst twice, cleared in between, at --count and --scale-to; "
+        "the difference is the harness's own (results/operator-self-check.json)",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument(
         "--operator-env",
@@ -790,6 +893,8 @@ def main() -> int:
     name = "operator-quick.json" if args.quick else "operator.json"
     if args.soak:
         name = "operator-soak.json"
+    if args.self_check:
+        name = "operator-self-check.json"
     if args.mem_mode:
         name = name.replace(".json", f"-{'tracemalloc' if args.tracemalloc else 'memstats'}.json")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / name)
@@ -833,6 +938,8 @@ def main() -> int:
             print(soak_summary(result["soak"]), flush=True)
             plot_soak(Path(args.out), Path(args.out).with_suffix(".png"))
             return 0
+        if args.self_check:
+            return self_check(kube, example, args)
         log_path = Path(args.out).with_suffix(".operator.log")
         op, noop = start_operators(cluster.env, Path(args.out), args.mem_mode, ours_env=args.ours_env)
         rss = RssSampler({"operator": op.pid, "noop": noop.pid})
