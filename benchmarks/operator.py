@@ -371,33 +371,45 @@ def clear_control(kube: Any, timeout: float) -> float:
 
 
 def control_burst(
-    kube: Any, items: list[dict[str, Any]], timeout: float, full_control: bool
-) -> tuple[Milestones, float, float, float]:
-    """One control burst, then its objects cleared: (milestones, create s, all Available s, clear s)."""
+    kube: Any, items: list[dict[str, Any]], timeout: float, full_control: bool, clear: bool = True
+) -> tuple[Milestones, float, float, float | None]:
+    """One control burst, then (``clear``) its objects cleared: (milestones, create s, all Available
+    s, clear s or None)."""
     ctl = Milestones({b["metadata"]["name"]: 1 for b in items})
     start_watches(kube, ctl, control=True)
     time.sleep(1)
     objs = [o for b in items for o in control_objects(b, full_control)]
     created = create_all(kube, ctl, objs)
     available = wait_done(ctl, "deployment_available", timeout)
-    return ctl, created, available, clear_control(kube, timeout)
+    return ctl, created, available, clear_control(kube, timeout) if clear else None
+
+
+def difference(later: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    """p50 and p99 of ``later`` minus ``base`` (stats of one stage each)."""
+    return {
+        q: round(later[q] - base[q], 2) if later[q] is not None and base[q] is not None else None
+        for q in ("p50_s", "p99_s")
+    }
 
 
 def self_check_phase(
-    kube: Any, items: list[dict[str, Any]], timeout: float, full_control: bool
+    kube: Any, items: list[dict[str, Any]], timeout: float, full_control: bool, keep_first: bool = False
 ) -> dict[str, Any]:
     """The control burst twice, cleared in between, as the operator phase runs after the control:
-    what the harness itself makes of two identical bursts (``--self-check``)."""
-    runs = [control_burst(kube, items, timeout, full_control) for _ in range(2)]
+    what the harness itself makes of two identical bursts (``--self-check``). ``keep_first``: the
+    first burst's objects stay while the second runs (under other names), as the harness had it
+    before it cleared the control."""
+    first_run = control_burst(kube, items, timeout, full_control, clear=not keep_first)
+    if keep_first:
+        items = [dict(b, metadata=dict(b["metadata"], name=b["metadata"]["name"] + "-again")) for b in items]
+    runs = [first_run, control_burst(kube, items, timeout, full_control)]
     first, again = (r[0].stats(("deployment_available",))["deployment_available"] for r in runs)
     return {
         "burst_of": len(items),
+        "first_kept": keep_first,
         "control": {"all_available_s": round(runs[0][2], 1), "cleared_s": runs[0][3], **first},
         "control_again": {"all_available_s": round(runs[1][2], 1), "cleared_s": runs[1][3], **again},
-        "again_minus_control": {
-            q: round(again[q] - first[q], 2) if again[q] is not None and first[q] is not None else None
-            for q in ("p50_s", "p99_s")
-        },
+        "again_minus_control": difference(again, first),
     }
 
 
@@ -427,10 +439,7 @@ def run_phase(
     breakdown = {k: rss_breakdown(pid) for k, pid in rss.pids.items()}
     c, o = ctl.stats(("deployment_available",)), op.stats(OP_STAGES)
     ca, orr = c["deployment_available"], o["ready"]
-    diff = {
-        q: round(orr[q] - ca[q], 2) if orr[q] is not None and ca[q] is not None else None
-        for q in ("p50_s", "p99_s")
-    }
+    diff = difference(orr, ca)
     return {
         "burst_of": len(items),
         "control": {
@@ -815,12 +824,14 @@ def self_check(kube: Any, example: dict[str, Any], args: argparse.Namespace) -> 
     if args.scale_to > args.count:
         sizes.append((args.scale_to, bodies(example, args.count, args.scale_to, False)))
     for total, items in sizes:
-        ph = phases[f"at_{total}"] = self_check_phase(kube, items, args.timeout, args.full_control)
+        ph = phases[f"at_{total}"] = self_check_phase(
+            kube, items, args.timeout, args.full_control, args.keep_first
+        )
         a, b, d = ph["control"], ph["control_again"], ph["again_minus_control"]
         print(
             f"at {total} ({len(items)} at once): control Available p50 / p99 {a['p50_s']} / {a['p99_s']} s, "
-            f"again after clearing {b['p50_s']} / {b['p99_s']} s: difference {d['p50_s']} / {d['p99_s']} s "
-            f"(cleared in {a['cleared_s']} s)",
+            f"again {b['p50_s']} / {b['p99_s']} s: difference {d['p50_s']} / {d['p99_s']} s"
+            + (" (the first's objects kept)" if args.keep_first else f" (cleared in {a['cleared_s']} s)"),
             flush=True,
         )
     result = {
@@ -831,7 +842,8 @@ def self_check(kube: Any, example: dict[str, Any], args: argparse.Namespace) -> 
             "python": platform.python_version(),
             "load_avg_end": os.getloadavg(),
         },
-        "method": "per phase: the bare-Deployment control burst, its objects deleted and gone, the same burst again",
+        "method": "per phase: the bare-Deployment control burst, then the same burst again "
+        + ("(other names) with the first's objects still in place" if args.keep_first else "after the first's objects were deleted and gone"),
         "phases": phases,
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
@@ -877,6 +889,12 @@ def main() -> int:
         help="no operator burst: the control burst twice, cleared in between, at --count and --scale-to; "
         "the difference is the harness's own (results/operator-self-check.json)",
     )
+    ap.add_argument(
+        "--keep-first",
+        action="store_true",
+        help="with --self-check: leave the first burst's objects in place during the second (how the "
+        "operator burst ran before the control was cleared; results/operator-self-check-kept.json)",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument(
         "--operator-env",
@@ -894,7 +912,7 @@ def main() -> int:
     if args.soak:
         name = "operator-soak.json"
     if args.self_check:
-        name = "operator-self-check.json"
+        name = "operator-self-check-kept.json" if args.keep_first else "operator-self-check.json"
     if args.mem_mode:
         name = name.replace(".json", f"-{'tracemalloc' if args.tracemalloc else 'memstats'}.json")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / name)
